@@ -1,0 +1,11 @@
+"""adamkit: Adam-family optimizers for PyTorch, exact drop-ins for torch.optim.
+
+>>> import torch, adamkit
+>>> model = torch.nn.Linear(2, 1)
+>>> optimizer = adamkit.Adam(model.parameters(), lr=0.1)
+"""
+
+from adamkit.optimizers import Adam, AdamW
+
+__all__ = ["Adam", "AdamW"]
+__version__ = "0.1.0"

@@ -1,0 +1,60 @@
+"""The eager kernel: one rule call per parameter tensor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+
+import torch
+from torch import Tensor
+
+from adamkit.rules.transforms import maximize_and_weight_decay
+
+
+def _real(t: Tensor) -> Tensor:
+    return torch.view_as_real(t) if torch.is_complex(t) else t
+
+
+def eager_step(
+    rule: Callable,
+    params: Sequence[Tensor],
+    states: Mapping[Tensor, MutableMapping[str, Tensor]],
+    hp: Mapping,
+    *,
+    decoupled_weight_decay: bool,
+    step_as_tensor: bool,
+) -> None:
+    """Advance every parameter in ``params`` (all with a gradient) by one step of ``rule``.
+
+    ``hp`` is the parameter group's hyperparameters. Each parameter's ``states[param]``
+    is updated in place: its ``step`` (if the algorithm counts steps) is incremented
+    first, then the rule's results are copied into the existing state tensors, or
+    stored when a state entry does not exist yet (SGD's momentum buffer).
+
+    Complex tensors are handed to the rule as real views, after maximize and weight
+    decay have run on the complex values.
+    """
+    for param in params:
+        state = states[param]
+        step_count = state.get("step")
+        step = None
+        if step_count is not None:
+            step_count += 1
+            step = step_count if step_as_tensor else step_count.item()
+
+        new_param, grad = maximize_and_weight_decay(
+            param,
+            param.grad,
+            lr=hp["lr"],
+            weight_decay=hp["weight_decay"],
+            maximize=hp["maximize"],
+            decoupled=decoupled_weight_decay,
+        )
+        moments = {name: _real(value) for name, value in state.items() if name != "step"}
+        new_param, new_moments = rule(_real(new_param), _real(grad), moments, hp, step)
+
+        _real(param).copy_(new_param)
+        for name, value in new_moments.items():
+            if name in moments:
+                moments[name].copy_(value)
+            else:
+                state[name] = torch.view_as_complex(value) if torch.is_complex(param) else value

@@ -1,0 +1,147 @@
+"""adamkit.Adam and adamkit.AdamW: drop-ins for torch.optim.Adam / AdamW."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from adamkit import rules
+from adamkit.optimizers.base import RuleOptimizer, check_non_negative, check_tensor_lr, squeeze_scalar
+
+
+class Adam(RuleOptimizer):
+    """Adam, with L2 or decoupled (AdamW) weight decay and the AMSGrad variant.
+
+    Same signature, defaults, param-group keys, state and checkpoint format as
+    ``torch.optim.Adam``; results equal torch's for-loop implementation bit for bit.
+
+    Example:
+        >>> import torch, adamkit
+        >>> model = torch.nn.Linear(3, 1)
+        >>> optimizer = adamkit.Adam(model.parameters(), lr=0.01)
+        >>> x, y = torch.randn(8, 3), torch.randn(8, 1)
+        >>> for _ in range(3):
+        ...     optimizer.zero_grad()
+        ...     torch.nn.functional.mse_loss(model(x), y).backward()
+        ...     optimizer.step()
+        >>> sorted(optimizer.state[model.weight])
+        ['exp_avg', 'exp_avg_sq', 'step']
+    """
+
+    update_rule = staticmethod(rules.adam)
+    flag_defaults = {
+        "amsgrad": False,
+        "maximize": False,
+        "foreach": None,
+        "capturable": False,
+        "differentiable": False,
+        "decoupled_weight_decay": False,
+        "fused": None,
+    }
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
+    ) -> None:
+        check_tensor_lr(lr, foreach=foreach, capturable=capturable)
+        check_non_negative("learning rate", lr)
+        check_non_negative("epsilon value", eps)
+        for index, beta in enumerate(betas):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"Invalid beta parameter at index {index}: {beta}")
+        check_non_negative("weight_decay value", weight_decay)
+        if not (
+            all(isinstance(beta, float) for beta in betas)
+            or all(isinstance(beta, Tensor) for beta in betas)
+        ):
+            raise ValueError("betas must be either both floats or both Tensors")
+        for index, beta in enumerate(betas):
+            if isinstance(beta, Tensor):
+                if not capturable and foreach:
+                    raise ValueError(
+                        f"betas[{index}] as a Tensor is not supported for capturable=False and foreach=True"
+                    )
+                if beta.numel() != 1:
+                    raise ValueError(f"Tensor betas[{index}] must be 1-element")
+        defaults = {
+            "lr": lr,
+            "betas": tuple(map(squeeze_scalar, betas)),
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "amsgrad": amsgrad,
+            "maximize": maximize,
+            "foreach": foreach,
+            "capturable": capturable,
+            "differentiable": differentiable,
+            "fused": fused,
+            "decoupled_weight_decay": decoupled_weight_decay,
+        }
+        super().__init__(params, defaults)
+
+    def init_state(self, param: Tensor, group: dict) -> dict[str, Tensor]:
+        names = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
+        return {name: torch.zeros_like(param, memory_format=torch.preserve_format) for name in names}
+
+
+class AdamW(Adam):
+    """AdamW (Loshchilov & Hutter, 2019): Adam with decoupled weight decay, default 1e-2.
+
+    A drop-in for ``torch.optim.AdamW``; every group decays decoupled, also after
+    loading a checkpoint that says otherwise.
+
+    Example:
+        >>> import torch, adamkit
+        >>> w = torch.nn.Parameter(torch.ones(2))
+        >>> optimizer = adamkit.AdamW([w], lr=0.1)
+        >>> w.grad = torch.zeros(2)
+        >>> optimizer.step()
+        >>> w.detach()  # zero gradient: only the decay moved it, by lr * weight_decay
+        tensor([0.9990, 0.9990])
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            foreach=foreach,
+            maximize=maximize,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+            decoupled_weight_decay=True,
+        )
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True
