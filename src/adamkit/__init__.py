@@ -5,7 +5,7 @@
 >>> optimizer = adamkit.Adam(model.parameters(), lr=0.1)
 """
 
-from adamkit.optimizers import Adam, AdamW
+from adamkit.optimizers import SGD, Adagrad, Adam, AdamW, RMSprop, Yogi
 
-__all__ = ["Adam", "AdamW"]
+__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "RMSprop", "Yogi"]
 __version__ = "0.1.0"

@@ -14,6 +14,10 @@ def _real(t: Tensor) -> Tensor:
     return torch.view_as_real(t) if torch.is_complex(t) else t
 
 
+def _identity(t: Tensor) -> Tensor:
+    return t
+
+
 def eager_step(
     rule: Callable,
     params: Sequence[Tensor],
@@ -22,6 +26,7 @@ def eager_step(
     *,
     decoupled_weight_decay: bool,
     step_as_tensor: bool,
+    complex_as_real: bool = True,
 ) -> None:
     """Advance every parameter in ``params`` (all with a gradient) by one step of ``rule``.
 
@@ -30,11 +35,13 @@ def eager_step(
     first, then the rule's results are copied into the existing state tensors, or
     stored when a state entry does not exist yet (SGD's momentum buffer).
 
-    Complex tensors are handed to the rule as real views, after maximize and weight
-    decay have run on the complex values.
+    With ``complex_as_real``, complex tensors are handed to the rule as real views,
+    after maximize and weight decay have run on the complex values; otherwise the rule
+    sees them as they are (torch's SGD does complex arithmetic directly).
     """
+    real = _real if complex_as_real else _identity
     for param in params:
-        state = states[param]
+        state = states.get(param, {})
         step_count = state.get("step")
         step = None
         if step_count is not None:
@@ -49,12 +56,16 @@ def eager_step(
             maximize=hp["maximize"],
             decoupled=decoupled_weight_decay,
         )
-        moments = {name: _real(value) for name, value in state.items() if name != "step"}
-        new_param, new_moments = rule(_real(new_param), _real(grad), moments, hp, step)
+        moments = {name: real(value) for name, value in state.items() if name != "step"}
+        new_param, new_moments = rule(real(new_param), real(grad), moments, hp, step)
 
-        _real(param).copy_(new_param)
+        real(param).copy_(new_param)
         for name, value in new_moments.items():
             if name in moments:
                 moments[name].copy_(value)
+            elif complex_as_real and torch.is_complex(param):
+                state[name] = torch.view_as_complex(value)
             else:
-                state[name] = torch.view_as_complex(value) if torch.is_complex(param) else value
+                state[name] = value
+        if state and param not in states:
+            states[param] = state

@@ -6,7 +6,13 @@ import torch
 from torch import Tensor
 
 from adamkit import rules
-from adamkit.optimizers.base import RuleOptimizer, check_non_negative, check_tensor_lr, squeeze_scalar
+from adamkit.optimizers.base import (
+    RuleOptimizer,
+    check_betas,
+    check_non_negative,
+    check_tensor_lr,
+    squeeze_scalar,
+)
 
 
 class Adam(RuleOptimizer):
@@ -29,6 +35,7 @@ class Adam(RuleOptimizer):
     """
 
     update_rule = staticmethod(rules.adam)
+    sparse_grad_error = "Adam does not support sparse gradients, please consider SparseAdam instead"
     flag_defaults = {
         "amsgrad": False,
         "maximize": False,
@@ -58,23 +65,8 @@ class Adam(RuleOptimizer):
         check_tensor_lr(lr, foreach=foreach, capturable=capturable)
         check_non_negative("learning rate", lr)
         check_non_negative("epsilon value", eps)
-        for index, beta in enumerate(betas):
-            if not 0.0 <= beta < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {index}: {beta}")
+        check_betas(betas, foreach=foreach, capturable=capturable)
         check_non_negative("weight_decay value", weight_decay)
-        if not (
-            all(isinstance(beta, float) for beta in betas)
-            or all(isinstance(beta, Tensor) for beta in betas)
-        ):
-            raise ValueError("betas must be either both floats or both Tensors")
-        for index, beta in enumerate(betas):
-            if isinstance(beta, Tensor):
-                if not capturable and foreach:
-                    raise ValueError(
-                        f"betas[{index}] as a Tensor is not supported for capturable=False and foreach=True"
-                    )
-                if beta.numel() != 1:
-                    raise ValueError(f"Tensor betas[{index}] must be 1-element")
         defaults = {
             "lr": lr,
             "betas": tuple(map(squeeze_scalar, betas)),

@@ -46,6 +46,25 @@ def check_tensor_lr(lr: float | Tensor, *, foreach: bool | None, capturable: boo
             raise ValueError("Tensor lr must be 1-element")
 
 
+def check_betas(betas: tuple[float | Tensor, float | Tensor], *, foreach: bool | None, capturable: bool) -> None:
+    """Adam-style ``betas``: each in [0, 1), both floats or both 1-element tensors."""
+    for index, beta in enumerate(betas):
+        if not 0.0 <= beta < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {index}: {beta}")
+    if not (
+        all(isinstance(beta, float) for beta in betas) or all(isinstance(beta, Tensor) for beta in betas)
+    ):
+        raise ValueError("betas must be either both floats or both Tensors")
+    for index, beta in enumerate(betas):
+        if isinstance(beta, Tensor):
+            if not capturable and foreach:
+                raise ValueError(
+                    f"betas[{index}] as a Tensor is not supported for capturable=False and foreach=True"
+                )
+            if beta.numel() != 1:
+                raise ValueError(f"Tensor betas[{index}] must be 1-element")
+
+
 def capturable_devices() -> list[str]:
     return ["cuda", "xpu", "hpu", torch._C._get_privateuse1_backend_name(), "xla"]
 
@@ -55,11 +74,17 @@ class RuleOptimizer(Optimizer):
 
     Subclasses set ``update_rule``, ``flag_defaults`` (group keys filled in when an old
     checkpoint lacks them) and implement ``init_state`` (the moments of a new parameter).
+    The other class attributes say how the algorithm differs from Adam's conventions:
+    ``counts_steps`` (a ``step`` tensor in the state), ``complex_as_real`` (the rule sees
+    complex tensors as real views) and ``sparse_grad_error`` (None where sparse
+    gradients are supported).
     """
 
     update_rule: ClassVar[Callable]
     flag_defaults: ClassVar[dict[str, Any]]
     counts_steps: ClassVar[bool] = True
+    complex_as_real: ClassVar[bool] = True
+    sparse_grad_error: ClassVar[str | None]
 
     def __init__(self, params, defaults: dict[str, Any]) -> None:
         super().__init__(params, defaults)
@@ -75,6 +100,11 @@ class RuleOptimizer(Optimizer):
 
     def decoupled_weight_decay(self, group: dict[str, Any]) -> bool:
         return bool(group.get("decoupled_weight_decay", False))
+
+    def check_grad(self, param: Tensor, group: dict[str, Any]) -> None:
+        """Raise for a gradient this algorithm cannot use."""
+        if param.grad.is_sparse and self.sparse_grad_error is not None:
+            raise RuntimeError(self.sparse_grad_error)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -93,7 +123,7 @@ class RuleOptimizer(Optimizer):
                         device=p.device if on_device else "cpu",
                     )
 
-    def _new_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
+    def new_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state: dict[str, Tensor] = {}
         if self.counts_steps:
             if group.get("fused"):
@@ -120,14 +150,13 @@ class RuleOptimizer(Optimizer):
         for p in group["params"]:
             if p.grad is None:
                 continue
-            if p.grad.is_sparse:
-                raise RuntimeError(
-                    f"{type(self).__name__} does not support sparse gradients, "
-                    "please consider SparseAdam instead"
-                )
-            state = self.state[p]
-            if len(state) == 0:
-                state.update(self._new_state(p, group))
+            self.check_grad(p, group)
+            state = self.state.get(p)
+            if not state:
+                # Stateless algorithms (SGD without momentum) leave no entry, as in torch.
+                state = self.new_state(p, group)
+                if state:
+                    self.state[p] = state
             if group.get("differentiable") and "step" in state and state["step"].requires_grad:
                 raise RuntimeError("`requires_grad` is not supported for `step` in differentiable mode")
             if group.get("foreach") and torch.is_tensor(group["lr"]) and not group.get("capturable"):
@@ -168,6 +197,7 @@ class RuleOptimizer(Optimizer):
                     hp,
                     decoupled_weight_decay=self.decoupled_weight_decay(group),
                     step_as_tensor=bool(group.get("capturable") or group.get("differentiable")),
+                    complex_as_real=self.complex_as_real,
                 )
         finally:
             torch.set_grad_enabled(grad_enabled)

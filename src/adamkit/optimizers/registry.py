@@ -7,12 +7,16 @@ from collections.abc import Callable, Iterable
 import torch
 from torch.optim import Optimizer
 
-from adamkit.optimizers.adam import Adam, AdamW
+from adamkit.optimizers import SGD, Adagrad, Adam, AdamW, RMSprop, Yogi
 
 _FACTORIES: dict[str, Callable[..., Optimizer]] = {
     "adam": Adam,
     "adamw": AdamW,
     "amsgrad": lambda params, lr: Adam(params, lr=lr, amsgrad=True),
+    "yogi": Yogi,
+    "sgd": SGD,
+    "rmsprop": RMSprop,
+    "adagrad": Adagrad,
     "torch-adam": torch.optim.Adam,
 }
 

@@ -9,7 +9,11 @@ The operations inside a rule are chosen to be the same, in the same order, as
 ``torch.optim``'s for-loop implementation, so results agree bit for bit.
 """
 
-from adamkit.rules.adam import adam
+from adamkit.rules.adagrad import adagrad
+from adamkit.rules.adam import adam, bias_corrected_update
+from adamkit.rules.rmsprop import rmsprop
+from adamkit.rules.sgd import sgd
 from adamkit.rules.transforms import maximize_and_weight_decay
+from adamkit.rules.yogi import yogi
 
-__all__ = ["adam", "maximize_and_weight_decay"]
+__all__ = ["adagrad", "adam", "bias_corrected_update", "maximize_and_weight_decay", "rmsprop", "sgd", "yogi"]

@@ -30,9 +30,7 @@ def adam(
     >>> p, state["exp_avg"], state["exp_avg_sq"]
     (tensor([0.4000]), tensor([0.1000]), tensor([0.0010]))
     """
-    lr, eps = hp["lr"], hp["eps"]
     beta1, beta2 = hp["betas"]
-
     exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1)
     exp_avg_sq = state["exp_avg_sq"].mul(beta2).addcmul_(grad, grad, value=1 - beta2)
     new_state = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
@@ -40,7 +38,18 @@ def adam(
     if hp["amsgrad"]:
         second_moment = torch.maximum(state["max_exp_avg_sq"], exp_avg_sq)
         new_state["max_exp_avg_sq"] = second_moment
+    return bias_corrected_update(param, exp_avg, second_moment, hp, step), new_state
 
+
+def bias_corrected_update(
+    param: Tensor, exp_avg: Tensor, second_moment: Tensor, hp: Mapping, step: float | Tensor
+) -> Tensor:
+    """``param - lr * m_hat / (sqrt(v_hat) + eps)``, Adam's update from its two moments.
+
+    Shared by every rule that bias-corrects an Adam-style pair of moments (Adam, Yogi).
+    """
+    lr, eps = hp["lr"], hp["eps"]
+    beta1, beta2 = hp["betas"]
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
     step_size = lr / bias_correction1
@@ -52,7 +61,7 @@ def adam(
         denom = (second_moment.sqrt() / (bias_correction2.sqrt() * step_size_neg)).add_(
             eps / step_size_neg
         )
-        return torch.addcdiv(param, exp_avg, denom), new_state
+        return torch.addcdiv(param, exp_avg, denom)
 
     denom = (second_moment.sqrt() / bias_correction2**0.5).add_(eps)
-    return torch.addcdiv(param, exp_avg, denom, value=-step_size), new_state
+    return torch.addcdiv(param, exp_avg, denom, value=-step_size)

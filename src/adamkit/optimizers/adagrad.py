@@ -1,0 +1,79 @@
+"""adamkit.Adagrad: a drop-in for torch.optim.Adagrad."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from adamkit import rules
+from adamkit.optimizers.base import RuleOptimizer, check_non_negative
+
+
+class Adagrad(RuleOptimizer):
+    """AdaGrad with learning-rate decay and an initial accumulator value.
+
+    Same signature, defaults, state (``step``, ``sum``) and checkpoint format as
+    ``torch.optim.Adagrad``, whose state is created at construction; results equal
+    torch's for-loop implementation bit for bit. Sparse gradients are supported
+    (without weight decay), as in torch.
+
+    Example:
+        >>> import torch, adamkit
+        >>> w = torch.nn.Parameter(torch.tensor([1.0]))
+        >>> optimizer = adamkit.Adagrad([w], lr=0.1)
+        >>> w.grad = torch.tensor([2.0])
+        >>> optimizer.step()
+        >>> w.detach(), optimizer.state[w]["sum"]
+        (tensor([0.9000]), tensor([4.]))
+    """
+
+    update_rule = staticmethod(rules.adagrad)
+    sparse_grad_error = None
+    flag_defaults = {"foreach": None, "maximize": False, "differentiable": False, "fused": None}
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-2,
+        lr_decay: float = 0,
+        weight_decay: float = 0,
+        initial_accumulator_value: float = 0,
+        eps: float = 1e-10,
+        foreach: bool | None = None,
+        *,
+        maximize: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        check_non_negative("learning rate", lr)
+        check_non_negative("lr_decay value", lr_decay)
+        check_non_negative("weight_decay value", weight_decay)
+        check_non_negative("initial_accumulator_value value", initial_accumulator_value)
+        check_non_negative("epsilon value", eps)
+        defaults = {
+            "lr": lr,
+            "lr_decay": lr_decay,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "initial_accumulator_value": initial_accumulator_value,
+            "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": differentiable,
+            "fused": fused,
+        }
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                self.state[p] = self.new_state(p, group)
+
+    def init_state(self, param: Tensor, group: dict) -> dict[str, Tensor]:
+        value = group["initial_accumulator_value"]
+        if torch.is_complex(param):
+            value = complex(value, value)
+        return {"sum": torch.full_like(param, value, memory_format=torch.preserve_format)}
+
+    def check_grad(self, param: Tensor, group: dict) -> None:
+        if param.grad.is_sparse and group["weight_decay"] != 0:
+            raise RuntimeError("weight_decay option is not compatible with sparse gradients")

@@ -1,0 +1,81 @@
+"""adamkit.RMSprop: a drop-in for torch.optim.RMSprop."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from adamkit import rules
+from adamkit.optimizers.base import RuleOptimizer, check_non_negative
+
+
+class RMSprop(RuleOptimizer):
+    """RMSProp, optionally centered and with momentum.
+
+    Same signature, defaults, state (``step``, ``square_avg``, ``momentum_buffer``,
+    ``grad_avg``) and checkpoint format as ``torch.optim.RMSprop``; results equal
+    torch's for-loop implementation bit for bit.
+
+    Example:
+        >>> import torch, adamkit
+        >>> w = torch.nn.Parameter(torch.tensor([1.0]))
+        >>> optimizer = adamkit.RMSprop([w], lr=0.01, centered=True, momentum=0.9)
+        >>> w.grad = torch.tensor([2.0])
+        >>> optimizer.step()
+        >>> sorted(optimizer.state[w])
+        ['grad_avg', 'momentum_buffer', 'square_avg', 'step']
+    """
+
+    update_rule = staticmethod(rules.rmsprop)
+    sparse_grad_error = "RMSprop does not support sparse gradients"
+    flag_defaults = {
+        "momentum": 0,
+        "centered": False,
+        "foreach": None,
+        "maximize": False,
+        "differentiable": False,
+        "capturable": False,
+    }
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        momentum: float = 0,
+        centered: bool = False,
+        capturable: bool = False,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        differentiable: bool = False,
+    ) -> None:
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        check_non_negative("learning rate", lr)
+        check_non_negative("epsilon value", eps)
+        check_non_negative("momentum value", momentum)
+        check_non_negative("weight_decay value", weight_decay)
+        check_non_negative("alpha value", alpha)
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "alpha": alpha,
+            "eps": eps,
+            "centered": centered,
+            "weight_decay": weight_decay,
+            "capturable": capturable,
+            "foreach": foreach,
+            "maximize": maximize,
+            "differentiable": differentiable,
+        }
+        super().__init__(params, defaults)
+
+    def init_state(self, param: Tensor, group: dict) -> dict[str, Tensor]:
+        names = ["square_avg"]
+        if group["momentum"] > 0:
+            names.append("momentum_buffer")
+        if group["centered"]:
+            names.append("grad_avg")
+        return {name: torch.zeros_like(param, memory_format=torch.preserve_format) for name in names}

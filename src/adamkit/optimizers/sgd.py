@@ -1,0 +1,72 @@
+"""adamkit.SGD: a drop-in for torch.optim.SGD."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from adamkit import rules
+from adamkit.optimizers.base import RuleOptimizer
+
+
+class SGD(RuleOptimizer):
+    """Stochastic gradient descent with optional momentum, dampening and Nesterov momentum.
+
+    Same signature, defaults, state (``momentum_buffer``) and checkpoint format as
+    ``torch.optim.SGD``; results equal torch's for-loop implementation bit for bit.
+    Sparse gradients are supported, as in torch.
+
+    Example:
+        >>> import torch, adamkit
+        >>> w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+        >>> optimizer = adamkit.SGD([w], lr=0.1, momentum=0.9)
+        >>> w.grad = torch.tensor([1.0, 1.0])
+        >>> optimizer.step()
+        >>> w.detach()
+        tensor([ 0.9000, -2.1000])
+    """
+
+    update_rule = staticmethod(rules.sgd)
+    counts_steps = False
+    complex_as_real = False
+    sparse_grad_error = None
+    flag_defaults = {"nesterov": False, "maximize": False, "foreach": None, "differentiable": False, "fused": False}
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float | Tensor = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if momentum < 0.0:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "dampening": dampening,
+            "weight_decay": weight_decay,
+            "nesterov": nesterov,
+            "maximize": maximize,
+            "foreach": foreach,
+            "differentiable": differentiable,
+            "fused": fused,
+        }
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        super().__init__(params, defaults)
+
+    def init_state(self, param: Tensor, group: dict) -> dict[str, Tensor]:
+        return {}

@@ -1,0 +1,150 @@
+"""adamkit.SGD / RMSprop / Adagrad against torch.optim, bit for bit on CPU, whole flag matrices."""
+
+import copy
+import itertools
+
+import pytest
+import torch
+
+import adamkit
+from parity import assert_bitwise_equal, make_params, run_side_by_side
+
+
+def _matrix(**axes):
+    names = list(axes)
+    return [dict(zip(names, values)) for values in itertools.product(*axes.values())]
+
+
+SGD_FLAGS = [
+    f for f in _matrix(momentum=[0.0, 0.9], dampening=[0.0, 0.3], nesterov=[False, True],
+                       weight_decay=[0.0, 0.1], maximize=[False, True])
+    if not (f["nesterov"] and (f["momentum"] <= 0 or f["dampening"] != 0))
+]
+RMSPROP_FLAGS = _matrix(momentum=[0.0, 0.9], centered=[False, True], weight_decay=[0.0, 0.1],
+                        maximize=[False, True], alpha=[0.99, 0.5])
+ADAGRAD_FLAGS = _matrix(lr_decay=[0.0, 0.01], weight_decay=[0.0, 0.1], maximize=[False, True],
+                        initial_accumulator_value=[0.0, 0.5])
+
+CASES = (
+    [(torch.optim.SGD, adamkit.SGD, f) for f in SGD_FLAGS]
+    + [(torch.optim.RMSprop, adamkit.RMSprop, f) for f in RMSPROP_FLAGS]
+    + [(torch.optim.Adagrad, adamkit.Adagrad, f) for f in ADAGRAD_FLAGS]
+)
+
+
+def _case_id(case):
+    torch_cls, _, flags = case
+    return torch_cls.__name__ + "-" + "-".join(f"{k}={v}" for k, v in flags.items())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("complex_", [False, True])
+@pytest.mark.parametrize("tensor_lr", [False, True])
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+def test_matches_torch_bitwise(case, dtype, complex_, tensor_lr):
+    torch_cls, adamkit_cls, flags = case
+    torch.set_default_dtype(dtype)
+    params = make_params(dtype, complex_=complex_, contiguous=not complex_)
+    lr = torch.tensor(0.01) if tensor_lr else 0.01
+    assert_bitwise_equal(*run_side_by_side(torch_cls, adamkit_cls, params, dict(lr=lr, **flags)))
+
+
+@pytest.mark.parametrize("torch_cls,adamkit_cls", [(torch.optim.SGD, adamkit.SGD), (torch.optim.RMSprop, adamkit.RMSprop),
+                                                   (torch.optim.Adagrad, adamkit.Adagrad)])
+def test_defaults_and_state_dict_layout_match_torch(torch_cls, adamkit_cls):
+    params = make_params(torch.float32)
+    result = run_side_by_side(torch_cls, adamkit_cls, params, {})
+    theirs, ours, opt_t, opt_a = result
+    assert opt_a.defaults == opt_t.defaults
+    sd_t, sd_a = opt_t.state_dict(), opt_a.state_dict()
+    assert sd_a["param_groups"] == sd_t["param_groups"]
+    assert {k: sorted(v) for k, v in sd_a["state"].items()} == {k: sorted(v) for k, v in sd_t["state"].items()}
+
+
+@pytest.mark.parametrize("torch_cls,adamkit_cls,kwargs", [
+    (torch.optim.SGD, adamkit.SGD, dict(lr=0.05, momentum=0.9, nesterov=True)),
+    (torch.optim.RMSprop, adamkit.RMSprop, dict(lr=0.01, momentum=0.5, centered=True)),
+    (torch.optim.Adagrad, adamkit.Adagrad, dict(lr=0.1, lr_decay=0.01)),
+])
+@pytest.mark.parametrize("direction", ["torch->adamkit", "adamkit->torch"])
+def test_checkpoints_move_both_ways(torch_cls, adamkit_cls, kwargs, direction):
+    """A checkpoint taken mid-run by one library continues on the other's exact trajectory."""
+    params = make_params(torch.float32)
+    first, second = (torch_cls, adamkit_cls) if direction == "torch->adamkit" else (adamkit_cls, torch_cls)
+    reference, _, opt_ref, _ = run_side_by_side(first, first, params, kwargs, steps=4)
+    resumed = [torch.nn.Parameter(p.detach().clone()) for p in reference]
+    opt_resumed = second(resumed, **kwargs)
+    opt_resumed.load_state_dict(copy.deepcopy(opt_ref.state_dict()))
+    for step in range(4, 9):
+        for p_ref, p_res in zip(reference, resumed):
+            g = torch.randn(p_ref.shape, generator=torch.Generator().manual_seed(step))
+            p_ref.grad, p_res.grad = g.clone(), g.clone()
+        opt_ref.step()
+        opt_resumed.step()
+    for p_ref, p_res in zip(reference, resumed):
+        assert torch.equal(p_ref, p_res)
+
+
+def test_sgd_sparse_gradient_matches_torch():
+    for momentum in (0.0, 0.9):
+        weights = [torch.nn.Parameter(torch.randn(6, 3, generator=torch.Generator().manual_seed(0))) for _ in range(2)]
+        opts = [torch.optim.SGD([weights[0]], lr=0.1, momentum=momentum), adamkit.SGD([weights[1]], lr=0.1, momentum=momentum)]
+        for step in range(3):
+            grad = torch.sparse_coo_tensor(torch.tensor([[step, 4]]), torch.randn(2, 3, generator=torch.Generator().manual_seed(step)), (6, 3))
+            for w, opt in zip(weights, opts):
+                w.grad = grad.clone()
+                opt.step()
+        assert torch.equal(weights[0], weights[1])
+
+
+def test_adagrad_sparse_gradient_matches_torch():
+    weights = [torch.nn.Parameter(torch.randn(6, 3, generator=torch.Generator().manual_seed(0))) for _ in range(2)]
+    opts = [torch.optim.Adagrad([weights[0]], lr=0.1), adamkit.Adagrad([weights[1]], lr=0.1)]
+    for step in range(3):
+        # index 1 appears twice: the update must coalesce before squaring
+        grad = torch.sparse_coo_tensor(torch.tensor([[1, 1, step + 2]]), torch.randn(3, 3, generator=torch.Generator().manual_seed(step)), (6, 3))
+        for w, opt in zip(weights, opts):
+            w.grad = grad.clone()
+            opt.step()
+    assert torch.equal(weights[0], weights[1])
+    assert torch.equal(opts[0].state[weights[0]]["sum"], opts[1].state[weights[1]]["sum"])
+    w = torch.nn.Parameter(torch.zeros(3, 2))
+    w.grad = torch.sparse_coo_tensor(torch.tensor([[0]]), torch.ones(1, 2), (3, 2))
+    with pytest.raises(RuntimeError, match="weight_decay option is not compatible with sparse gradients"):
+        adamkit.Adagrad([w], weight_decay=0.1).step()
+
+
+@pytest.mark.parametrize("cls,message", [(adamkit.RMSprop, "RMSprop does not support sparse gradients"),
+                                         (adamkit.Yogi, "Yogi does not support sparse gradients")])
+def test_sparse_gradient_refused(cls, message):
+    w = torch.nn.Parameter(torch.zeros(3, 2))
+    w.grad = torch.sparse_coo_tensor(torch.tensor([[0]]), torch.ones(1, 2), (3, 2))
+    with pytest.raises(RuntimeError, match=message):
+        cls([w]).step()
+
+
+@pytest.mark.parametrize("kwargs", [dict(lr=-1.0), dict(momentum=-0.5), dict(weight_decay=-1.0),
+                                    dict(momentum=0.0, nesterov=True), dict(lr=torch.tensor([0.1, 0.2]))])
+def test_sgd_constructor_errors_match_torch(kwargs):
+    _assert_same_error(torch.optim.SGD, adamkit.SGD, kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(lr=-1.0), dict(eps=-1.0), dict(momentum=-1.0), dict(weight_decay=-1.0), dict(alpha=-1.0)])
+def test_rmsprop_constructor_errors_match_torch(kwargs):
+    _assert_same_error(torch.optim.RMSprop, adamkit.RMSprop, kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(lr=-1.0), dict(lr_decay=-1.0), dict(weight_decay=-1.0),
+                                    dict(initial_accumulator_value=-1.0), dict(eps=-1.0)])
+def test_adagrad_constructor_errors_match_torch(kwargs):
+    _assert_same_error(torch.optim.Adagrad, adamkit.Adagrad, kwargs)
+
+
+def _assert_same_error(torch_cls, adamkit_cls, kwargs):
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    with pytest.raises(Exception) as theirs:
+        torch_cls(params, **kwargs)
+    with pytest.raises(Exception) as ours:
+        adamkit_cls(params, **kwargs)
+    assert type(ours.value) is type(theirs.value)
+    assert str(ours.value) == str(theirs.value)

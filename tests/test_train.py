@@ -1,0 +1,122 @@
+"""The airfoil loader, the d2l training loop and the `adamkit train` command."""
+
+import doctest
+import os
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import torch
+
+import adamkit.cli
+import adamkit.cli.train
+import adamkit.datasets.airfoil
+import adamkit.training
+from adamkit.cli import main
+from adamkit.datasets import load_airfoil
+from adamkit.training import train
+
+
+def run_cli(capsys, *args: str) -> list[str]:
+    main(["train", "--quiet", *args])
+    return capsys.readouterr().out.splitlines()
+
+
+def loss_lines(lines: list[str]) -> list[str]:
+    return [line for line in lines if "loss" in line]
+
+
+def test_airfoil_has_d2l_shape_and_is_standardized():
+    features, target = load_airfoil()
+    assert features.shape == (1500, 5) and target.shape == (1500, 1)
+    assert features.dtype == target.dtype == torch.float32
+    # Standardized over all 1503 rows, so exactly on the full file and nearly on 1500.
+    full = torch.cat(load_airfoil(n_rows=1503, dtype=torch.float64), dim=1)
+    torch.testing.assert_close(full.mean(0), torch.zeros(6, dtype=torch.float64))
+    torch.testing.assert_close(full.std(0, correction=0), torch.ones(6, dtype=torch.float64))
+    first_rows = torch.cat((features, target), dim=1)
+    assert first_rows.mean(0).abs().max() < 0.01
+    assert (first_rows.std(0) - 1).abs().max() < 0.01
+
+
+def test_airfoil_rejects_more_rows_than_the_file_has():
+    with pytest.raises(ValueError, match="1503"):
+        load_airfoil(n_rows=1504)
+
+
+def test_airfoil_attribution_ships_with_the_data():
+    attribution = resources.files("adamkit.datasets").joinpath("README.md").read_text()
+    for credit in ("Brooks", "Pope", "Marcolini", "NASA", "UCI", "CC BY 4.0"):
+        assert credit in attribution
+
+
+def test_docstring_examples_run():
+    for module in (adamkit.datasets.airfoil, adamkit.training, adamkit.cli, adamkit.cli.train):
+        assert doctest.testmod(module).failed == 0
+
+
+def test_training_records_loss_every_200_examples_and_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    expected_next_draw = torch.rand(1)
+    torch.manual_seed(123)
+    recorded = []
+    result = train(
+        lambda params: torch.optim.SGD(params, lr=0.01),
+        epochs=1,
+        on_loss=lambda examples, epoch, loss: recorded.append(examples),
+    )
+    assert recorded == list(range(200, 1500, 200))
+    assert [epoch for epoch, _ in result.curve] == [n / 1500 for n in recorded]
+    assert torch.rand(1) == expected_next_draw
+
+
+def test_train_with_defaults_reaches_d2l_loss(capsys):
+    lines = run_cli(capsys)
+    assert lines[0].startswith("epoch 0.13  examples 200  loss ")
+    assert len(loss_lines(lines)) == 3000 // 200 + 1
+    assert lines[-1].startswith("final loss: ")
+    assert float(lines[-1].removeprefix("final loss: ")) < 0.26
+
+
+def test_same_seed_prints_identical_lines_and_other_seed_does_not(capsys):
+    first = run_cli(capsys, "--epochs", "1", "--seed", "3")
+    assert run_cli(capsys, "--epochs", "1", "--seed", "3") == first
+    assert run_cli(capsys, "--epochs", "1", "--seed", "4") != first
+
+
+def test_adam_matches_torch_adam_line_for_line(capsys):
+    adam = run_cli(capsys, "--optimizer", "adam", "--seed", "1")
+    torch_adam = run_cli(capsys, "--optimizer", "torch-adam", "--seed", "1")
+    assert loss_lines(adam) == loss_lines(torch_adam)
+
+
+def test_unknown_optimizer_is_a_one_line_usage_error(capsys):
+    from adamkit.optimizers.registry import OPTIMIZER_NAMES
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--optimizer", "sgdd"])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err.splitlines()) == 1
+    assert "sgdd" in captured.err and "Traceback" not in captured.err
+    assert all(name in captured.err for name in OPTIMIZER_NAMES)
+
+
+def test_python_dash_m_adamkit_trains():
+    # Run the same adamkit that this test imported, installed or not.
+    source_root = Path(adamkit.training.__file__).resolve().parents[1]
+    python_path = [str(source_root), *filter(None, [os.environ.get("PYTHONPATH")])]
+    completed = subprocess.run(
+        [sys.executable, "-m", "adamkit", "train", "--quiet", "--epochs", "1"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(python_path)},
+        timeout=120,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines()[-1].startswith("final loss: ")
+    assert "example/s" not in completed.stderr  # --quiet hides the progress bar
