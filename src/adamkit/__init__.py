@@ -6,6 +6,20 @@
 """
 
 from adamkit.optimizers import SGD, Adagrad, Adam, AdamW, RMSprop, Yogi
+from adamkit.safety import CheckpointError, freeze, load_checkpoint, param_groups, save_checkpoint, unfreeze
 
-__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "RMSprop", "Yogi"]
+__all__ = [
+    "SGD",
+    "Adagrad",
+    "Adam",
+    "AdamW",
+    "CheckpointError",
+    "RMSprop",
+    "Yogi",
+    "freeze",
+    "load_checkpoint",
+    "param_groups",
+    "save_checkpoint",
+    "unfreeze",
+]
 __version__ = "0.1.0"

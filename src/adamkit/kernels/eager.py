@@ -40,6 +40,9 @@ def eager_step(
     sees them as they are (torch's SGD does complex arithmetic directly).
     """
     real = _real if complex_as_real else _identity
+    # Differentiable mode: autograd keeps the rule's inputs for backward, so the rule
+    # must get copies of what the write-back below overwrites.
+    tracked = torch.is_grad_enabled()
     for param in params:
         state = states.get(param, {})
         step_count = state.get("step")
@@ -47,9 +50,11 @@ def eager_step(
         if step_count is not None:
             step_count += 1
             step = step_count if step_as_tensor else step_count.item()
+            if tracked:
+                step = step.clone()
 
         new_param, grad = maximize_and_weight_decay(
-            param,
+            param.clone() if tracked else param,
             param.grad,
             lr=hp["lr"],
             weight_decay=hp["weight_decay"],
@@ -57,7 +62,8 @@ def eager_step(
             decoupled=decoupled_weight_decay,
         )
         moments = {name: real(value) for name, value in state.items() if name != "step"}
-        new_param, new_moments = rule(real(new_param), real(grad), moments, hp, step)
+        rule_moments = {name: value.clone() for name, value in moments.items()} if tracked else moments
+        new_param, new_moments = rule(real(new_param), real(grad), rule_moments, hp, step)
 
         real(param).copy_(new_param)
         for name, value in new_moments.items():

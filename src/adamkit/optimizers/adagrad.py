@@ -29,6 +29,7 @@ class Adagrad(RuleOptimizer):
 
     update_rule = staticmethod(rules.adagrad)
     sparse_grad_error = None
+    eager_state = True
     flag_defaults = {"foreach": None, "maximize": False, "differentiable": False, "fused": None}
 
     def __init__(
@@ -44,6 +45,8 @@ class Adagrad(RuleOptimizer):
         maximize: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        skip_nonfinite: bool = False,
+        warn_zero_grad_update: bool = True,
     ) -> None:
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -63,10 +66,9 @@ class Adagrad(RuleOptimizer):
             "differentiable": differentiable,
             "fused": fused,
         }
-        super().__init__(params, defaults)
-        for group in self.param_groups:
-            for p in group["params"]:
-                self.state[p] = self.new_state(p, group)
+        super().__init__(
+            params, defaults, skip_nonfinite=skip_nonfinite, warn_zero_grad_update=warn_zero_grad_update
+        )
 
     def init_state(self, param: Tensor, group: dict) -> dict[str, Tensor]:
         value = group["initial_accumulator_value"]

@@ -61,6 +61,8 @@ class Adam(RuleOptimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
+        skip_nonfinite: bool = False,
+        warn_zero_grad_update: bool = True,
     ) -> None:
         check_tensor_lr(lr, foreach=foreach, capturable=capturable)
         check_non_negative("learning rate", lr)
@@ -80,7 +82,9 @@ class Adam(RuleOptimizer):
             "fused": fused,
             "decoupled_weight_decay": decoupled_weight_decay,
         }
-        super().__init__(params, defaults)
+        super().__init__(
+            params, defaults, skip_nonfinite=skip_nonfinite, warn_zero_grad_update=warn_zero_grad_update
+        )
 
     def init_state(self, param: Tensor, group: dict) -> dict[str, Tensor]:
         names = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
@@ -117,6 +121,8 @@ class AdamW(Adam):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        skip_nonfinite: bool = False,
+        warn_zero_grad_update: bool = True,
     ) -> None:
         super().__init__(
             params,
@@ -131,6 +137,8 @@ class AdamW(Adam):
             differentiable=differentiable,
             fused=fused,
             decoupled_weight_decay=True,
+            skip_nonfinite=skip_nonfinite,
+            warn_zero_grad_update=warn_zero_grad_update,
         )
 
     def __setstate__(self, state: dict) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import warnings
+
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
@@ -76,8 +78,15 @@ class RuleOptimizer(Optimizer):
     checkpoint lacks them) and implement ``init_state`` (the moments of a new parameter).
     The other class attributes say how the algorithm differs from Adam's conventions:
     ``counts_steps`` (a ``step`` tensor in the state), ``complex_as_real`` (the rule sees
-    complex tensors as real views) and ``sparse_grad_error`` (None where sparse
-    gradients are supported).
+    complex tensors as real views), ``sparse_grad_error`` (None where sparse
+    gradients are supported) and ``eager_state`` (state created at construction, as
+    torch's Adagrad does, instead of at a parameter's first step).
+
+    Beyond torch, every adamkit optimizer can freeze parameters (``freeze``), clear
+    their state (``reset_state``), skip steps with non-finite gradients
+    (``skip_nonfinite=True``; counted in ``skipped_steps``) and warns once per
+    parameter when weight decay or momentum moves a parameter whose gradient is all
+    zeros (``warn_zero_grad_update=False`` turns that off).
     """
 
     update_rule: ClassVar[Callable]
@@ -85,14 +94,40 @@ class RuleOptimizer(Optimizer):
     counts_steps: ClassVar[bool] = True
     complex_as_real: ClassVar[bool] = True
     sparse_grad_error: ClassVar[str | None]
+    eager_state: ClassVar[bool] = False
 
-    def __init__(self, params, defaults: dict[str, Any]) -> None:
+    # Optimizer.__getstate__ keeps only defaults, state and param_groups; these must
+    # survive copy.deepcopy and pickling too.
+    _extra_attributes = ("skip_nonfinite", "warn_zero_grad_update", "skipped_steps", "frozen")
+
+    def __init__(
+        self,
+        params,
+        defaults: dict[str, Any],
+        *,
+        skip_nonfinite: bool = False,
+        warn_zero_grad_update: bool = True,
+    ) -> None:
         super().__init__(params, defaults)
         if defaults.get("fused"):
             if defaults.get("differentiable"):
                 raise RuntimeError("`fused` does not support `differentiable`")
             if defaults.get("foreach"):
                 raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+        self.skip_nonfinite = skip_nonfinite
+        self.warn_zero_grad_update = warn_zero_grad_update
+        self.skipped_steps = 0
+        self.frozen: set[Tensor] = set()
+        self._warned_zero_grad: set[Tensor] = set()
+        if self.eager_state:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    self.state[p] = self.new_state(p, group)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.update({name: getattr(self, name) for name in self._extra_attributes})
+        return state
 
     def init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         """The algorithm's state tensors for a parameter seen for the first time."""
@@ -108,6 +143,11 @@ class RuleOptimizer(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        self.__dict__.setdefault("skip_nonfinite", False)
+        self.__dict__.setdefault("warn_zero_grad_update", True)
+        self.__dict__.setdefault("skipped_steps", 0)
+        self.__dict__.setdefault("frozen", set())
+        self.__dict__.setdefault("_warned_zero_grad", set())
         for group in self.param_groups:
             for key, default in self.flag_defaults.items():
                 group.setdefault(key, default)
@@ -148,7 +188,7 @@ class RuleOptimizer(Optimizer):
     def _params_with_grad(self, group: dict[str, Any]) -> list[Tensor]:
         params = []
         for p in group["params"]:
-            if p.grad is None:
+            if p.grad is None or p in self.frozen:
                 continue
             self.check_grad(p, group)
             state = self.state.get(p)
@@ -174,12 +214,93 @@ class RuleOptimizer(Optimizer):
             params.append(p)
         return params
 
+    def _group_of(self, param: Tensor) -> dict[str, Any]:
+        for group in self.param_groups:
+            if any(p is param for p in group["params"]):
+                return group
+        raise ValueError(
+            f"parameter of shape {tuple(param.shape)} is not in this optimizer; "
+            "pass parameters that were given to it (or add them with add_param_group)"
+        )
+
+    def freeze(self, params) -> None:
+        """Leave ``params`` and their state bit-for-bit unchanged by ``step()``, whatever their grad."""
+        for p in params:
+            self._group_of(p)
+            self.frozen.add(p)
+
+    def unfreeze(self, params, *, reset: bool = False) -> None:
+        """Let ``params`` train again, with their kept state or, with ``reset=True``, fresh state."""
+        params = list(params)
+        for p in params:
+            self._group_of(p)
+            self.frozen.discard(p)
+        if reset:
+            self.reset_state(params)
+
+    def reset_state(self, params=None) -> None:
+        """Clear the moments and step count of ``params`` (default: every parameter).
+
+        A cleared parameter starts again as on its first step.
+
+        >>> import torch, adamkit
+        >>> w = torch.nn.Parameter(torch.ones(2)); w.grad = torch.ones(2)
+        >>> optimizer = adamkit.Adam([w]); optimizer.step()
+        >>> optimizer.reset_state(); len(optimizer.state[w])
+        0
+        """
+        if params is None:
+            params = [p for group in self.param_groups for p in group["params"]]
+        for p in params:
+            group = self._group_of(p)
+            if self.eager_state:
+                self.state[p] = self.new_state(p, group)
+            else:
+                self.state.pop(p, None)
+
+    def _trainable_grads(self) -> list[Tensor]:
+        return [
+            p.grad
+            for group in self.param_groups
+            for p in group["params"]
+            if p.grad is not None and p not in self.frozen
+        ]
+
+    def _zero_grad_params(self, params: list[Tensor]) -> list[Tensor]:
+        """Parameters (not yet warned about) whose gradient is all zeros."""
+        candidates = [p for p in params if p not in self._warned_zero_grad and not p.grad.is_sparse]
+        if not candidates:
+            return []
+        nonzero = torch.stack([p.grad.detach().any().cpu() for p in candidates]).tolist()
+        return [p for p, any_nonzero in zip(candidates, nonzero) if not any_nonzero]
+
+    def _warn_if_moved(self, zero_grad_params: list[Tensor], before: list[Tensor]) -> None:
+        for p, old in zip(zero_grad_params, before):
+            if not torch.equal(p.detach(), old):
+                self._warned_zero_grad.add(p)
+                warnings.warn(
+                    f"{type(self).__name__}: a parameter of shape {tuple(p.shape)} has an all-zero "
+                    "gradient but this step changed it (weight decay or momentum). A zero gradient "
+                    "does not freeze a parameter: use adamkit.freeze(optimizer, params), or set its "
+                    ".grad to None. Pass warn_zero_grad_update=False to silence this warning.",
+                    stacklevel=4,
+                )
+
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+
+        if self.skip_nonfinite and not all_finite(self._trainable_grads()):
+            self.skipped_steps += 1
+            warnings.warn(
+                f"{type(self).__name__}: skipped a step because a gradient holds NaN or Inf "
+                f"({self.skipped_steps} skipped so far); parameters and state are unchanged.",
+                stacklevel=3,
+            )
+            return loss
 
         grad_enabled = torch.is_grad_enabled()
         torch.set_grad_enabled(self.defaults.get("differentiable", False))
@@ -188,6 +309,8 @@ class RuleOptimizer(Optimizer):
                 params = self._params_with_grad(group)
                 if not params:
                     continue
+                zero_grad_params = self._zero_grad_params(params) if self.warn_zero_grad_update else []
+                before = [p.detach().clone() for p in zero_grad_params]
                 hp = dict(group)
                 hp["lr"] = squeeze_scalar(group["lr"])
                 eager_step(
@@ -199,6 +322,22 @@ class RuleOptimizer(Optimizer):
                     step_as_tensor=bool(group.get("capturable") or group.get("differentiable")),
                     complex_as_real=self.complex_as_real,
                 )
+                self._warn_if_moved(zero_grad_params, before)
         finally:
             torch.set_grad_enabled(grad_enabled)
         return loss
+
+
+def all_finite(tensors: list[Tensor]) -> bool:
+    """True when no tensor holds NaN or Inf; one min/max pass each, no tensor-sized temporaries."""
+    if not tensors:
+        return True
+    extremes = []
+    for t in tensors:
+        if t.is_sparse:
+            t = t.coalesce().values()
+        if torch.is_complex(t):
+            t = torch.view_as_real(t)
+        if t.numel():
+            extremes.extend(torch.aminmax(t.detach()))
+    return not extremes or bool(torch.isfinite(torch.stack([e.float().cpu() for e in extremes])).all())

@@ -50,6 +50,9 @@ class RMSprop(RuleOptimizer):
         foreach: bool | None = None,
         maximize: bool = False,
         differentiable: bool = False,
+        *,
+        skip_nonfinite: bool = False,
+        warn_zero_grad_update: bool = True,
     ) -> None:
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -70,7 +73,9 @@ class RMSprop(RuleOptimizer):
             "maximize": maximize,
             "differentiable": differentiable,
         }
-        super().__init__(params, defaults)
+        super().__init__(
+            params, defaults, skip_nonfinite=skip_nonfinite, warn_zero_grad_update=warn_zero_grad_update
+        )
 
     def init_state(self, param: Tensor, group: dict) -> dict[str, Tensor]:
         names = ["square_avg"]

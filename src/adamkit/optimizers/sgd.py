@@ -44,6 +44,8 @@ class SGD(RuleOptimizer):
         foreach: bool | None = None,
         differentiable: bool = False,
         fused: bool | None = None,
+        skip_nonfinite: bool = False,
+        warn_zero_grad_update: bool = True,
     ) -> None:
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
@@ -66,7 +68,9 @@ class SGD(RuleOptimizer):
         }
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-        super().__init__(params, defaults)
+        super().__init__(
+            params, defaults, skip_nonfinite=skip_nonfinite, warn_zero_grad_update=warn_zero_grad_update
+        )
 
     def init_state(self, param: Tensor, group: dict) -> dict[str, Tensor]:
         return {}

@@ -62,6 +62,8 @@ class Yogi(RuleOptimizer):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
+        skip_nonfinite: bool = False,
+        warn_zero_grad_update: bool = True,
     ) -> None:
         check_tensor_lr(lr, foreach=foreach, capturable=capturable)
         check_non_negative("learning rate", lr)
@@ -82,7 +84,9 @@ class Yogi(RuleOptimizer):
             "differentiable": differentiable,
             "fused": fused,
         }
-        super().__init__(params, defaults)
+        super().__init__(
+            params, defaults, skip_nonfinite=skip_nonfinite, warn_zero_grad_update=warn_zero_grad_update
+        )
 
     def init_state(self, param: Tensor, group: dict) -> dict[str, Tensor]:
         value = group["initial_accumulator"]

@@ -32,7 +32,11 @@ def adam(
     """
     beta1, beta2 = hp["betas"]
     exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1)
-    exp_avg_sq = state["exp_avg_sq"].mul(beta2).addcmul_(grad, grad, value=1 - beta2)
+    if isinstance(beta2, Tensor) and beta2.requires_grad:
+        # addcmul's `value` must be a number; lerp takes the tensor weight and its gradient.
+        exp_avg_sq = torch.lerp(state["exp_avg_sq"], torch.square(grad), 1 - beta2)
+    else:
+        exp_avg_sq = state["exp_avg_sq"].mul(beta2).addcmul_(grad, grad, value=1 - beta2)
     new_state = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
     second_moment = exp_avg_sq
     if hp["amsgrad"]:
