@@ -78,9 +78,12 @@ def _read(path: Path) -> dict:
     except FileNotFoundError:
         raise
     except Exception as exc:
+        # torch's first line names the failure; the rest suggests weights_only=False,
+        # which is the wrong advice for a damaged file.
+        reason = (str(exc).splitlines() or [""])[0]
         raise CheckpointError(
             f"cannot read checkpoint {path}: the file is truncated, corrupted or not a checkpoint "
-            f"({type(exc).__name__}: {exc}); nothing was loaded"
+            f"({type(exc).__name__}: {reason}); nothing was loaded"
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an adamkit checkpoint (written by adamkit.save_checkpoint)")
