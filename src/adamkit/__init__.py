@@ -7,6 +7,7 @@
 
 from adamkit.optimizers import SGD, Adagrad, Adam, AdamW, RMSprop, Yogi
 from adamkit.safety import CheckpointError, freeze, load_checkpoint, param_groups, save_checkpoint, unfreeze
+from adamkit.trace import trace
 
 __all__ = [
     "SGD",
@@ -20,6 +21,7 @@ __all__ = [
     "load_checkpoint",
     "param_groups",
     "save_checkpoint",
+    "trace",
     "unfreeze",
 ]
 __version__ = "0.1.0"

@@ -9,22 +9,10 @@ import sys
 
 from tqdm import tqdm
 
-from adamkit.cli.errors import CommandError
+from adamkit.cli.options import check_names, positive_int
 from adamkit.datasets import load_airfoil
 from adamkit.optimizers.registry import OPTIMIZER_NAMES, build_optimizer
 from adamkit.training import train
-
-
-def positive_int(text: str) -> int:
-    """Parse a command-line integer that must be at least 1.
-
-    >>> positive_int("3")
-    3
-    """
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,10 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Train as ``args`` asks, printing a loss line every 200 examples and the final loss."""
-    if args.optimizer not in OPTIMIZER_NAMES:
-        raise CommandError(
-            f"unknown optimizer {args.optimizer!r}; valid names: {', '.join(OPTIMIZER_NAMES)}"
-        )
+    check_names("optimizer", [args.optimizer], OPTIMIZER_NAMES)
 
     def print_loss(examples: int, epoch: float, loss: float) -> None:
         # tqdm.write keeps the line from tearing through the progress bar.
