@@ -1,7 +1,6 @@
 """The everyday tools: adamkit.trace, the 2-D problems, and adamkit explain / compare / trajectories."""
 
 import csv
-import doctest
 import importlib
 import json
 import os
@@ -139,14 +138,6 @@ def test_trace_table_is_plain_data_and_text():
     assert [line.split()[:2] for line in lines[1:]] == [
         ["1", "theta[0]"], ["1", "theta[1]"], ["2", "theta[0]"], ["2", "theta[1]"]
     ]
-
-
-def test_docstring_examples_run():
-    modules = ("trace", "problems", "plots", "cli.options", "cli.explain", "cli.compare", "cli.trajectories")
-    for name in modules:
-        # importlib, since `adamkit.trace` is the function that the module exports.
-        module = importlib.import_module(f"adamkit.{name}")
-        assert doctest.testmod(module).failed == 0, name
 
 
 # --- adamkit explain -------------------------------------------------------------

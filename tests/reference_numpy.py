@@ -1,0 +1,278 @@
+"""A float64 NumPy reference of every update rule adamkit implements.
+
+Written from the papers' formulas (with torch.optim's conventions), independently of
+torch and of adamkit's own code: this module imports neither. Every ``*_step`` function
+is pure: it takes a parameter, its gradient, the algorithm's state (a dict of arrays,
+named as torch names them) and the step number ``t`` (1 for the first step), and
+returns ``(new_param, new_state)`` without touching its inputs.
+
+Conventions shared by all rules (torch's):
+
+* ``maximize``: the gradient is negated first.
+* L2 weight decay: ``g = g + weight_decay * param`` (after ``maximize``).
+* decoupled weight decay (AdamW; Yogi with ``decoupled=True``):
+  ``param = param * (1 - lr * weight_decay)`` before the update, gradient unchanged.
+
+``*_init`` functions give the state of a parameter before its first step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "adam_init",
+    "adam_step",
+    "yogi_init",
+    "yogi_step",
+    "yogi_v_d2l",
+    "sgd_init",
+    "sgd_step",
+    "rmsprop_init",
+    "rmsprop_step",
+    "adagrad_init",
+    "adagrad_step",
+]
+
+
+def _f64(x) -> np.ndarray:
+    return np.array(x, dtype=np.float64, copy=True)
+
+
+def _out(param, state: dict):
+    """(param, state) as float64 ndarrays (0-dim results of NumPy arithmetic are scalars)."""
+    return np.asarray(param, dtype=np.float64), {k: np.asarray(v, dtype=np.float64) for k, v in state.items()}
+
+
+def _prepare(param, grad, *, lr, weight_decay, maximize, decoupled):
+    """Apply maximize and weight decay; returns (param, effective gradient)."""
+    p = _f64(param)
+    g = _f64(grad)
+    if maximize:
+        g = -g
+    if weight_decay != 0:
+        if decoupled:
+            p = p * (1.0 - lr * weight_decay)
+        else:
+            g = g + weight_decay * p
+    return p, g
+
+
+# --------------------------------------------------------------------------- Adam
+
+
+def adam_init(param, *, amsgrad: bool = False) -> dict:
+    """Adam's moments start at zero."""
+    shape = np.shape(param)
+    state = {"exp_avg": np.zeros(shape), "exp_avg_sq": np.zeros(shape)}
+    if amsgrad:
+        state["max_exp_avg_sq"] = np.zeros(shape)
+    return state
+
+
+def adam_step(
+    param,
+    grad,
+    state: dict,
+    t: int,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float = 0.0,
+    amsgrad: bool = False,
+    maximize: bool = False,
+    decoupled: bool = False,
+):
+    """Adam (Kingma & Ba, 2015); AMSGrad (Reddi et al., 2018); AdamW with ``decoupled``.
+
+    m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  (amsgrad: vmax = max(vmax, v), use vmax)
+    param -= lr / (1-b1^t) * m / (sqrt(v_used) / sqrt(1-b2^t) + eps)
+    """
+    p, g = _prepare(param, grad, lr=lr, weight_decay=weight_decay, maximize=maximize, decoupled=decoupled)
+    m = beta1 * _f64(state["exp_avg"]) + (1.0 - beta1) * g
+    v = beta2 * _f64(state["exp_avg_sq"]) + (1.0 - beta2) * g * g
+    new_state = {"exp_avg": m, "exp_avg_sq": v}
+    v_used = v
+    if amsgrad:
+        v_used = np.maximum(_f64(state["max_exp_avg_sq"]), v)
+        new_state["max_exp_avg_sq"] = v_used
+    bc1 = 1.0 - beta1**t
+    bc2 = 1.0 - beta2**t
+    p = p - (lr / bc1) * m / (np.sqrt(v_used) / np.sqrt(bc2) + eps)
+    return _out(p, new_state)
+
+
+# --------------------------------------------------------------------------- Yogi
+
+
+def yogi_init(param, *, initial_accumulator: float = 1e-6) -> dict:
+    """Both of Yogi's moments start at ``initial_accumulator``."""
+    shape = np.shape(param)
+    return {
+        "exp_avg": np.full(shape, float(initial_accumulator)),
+        "exp_avg_sq": np.full(shape, float(initial_accumulator)),
+    }
+
+
+def yogi_step(
+    param,
+    grad,
+    state: dict,
+    t: int,
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+    decoupled: bool = False,
+):
+    """Yogi (Zaheer et al., NeurIPS 2018), bias-corrected as Adam.
+
+    m = b1 m + (1-b1) g;  v = v - (1-b2) sign(v - g^2) g^2
+    param -= lr / (1-b1^t) * m / (sqrt(v) / sqrt(1-b2^t) + eps)
+    """
+    p, g = _prepare(param, grad, lr=lr, weight_decay=weight_decay, maximize=maximize, decoupled=decoupled)
+    g2 = g * g
+    m = beta1 * _f64(state["exp_avg"]) + (1.0 - beta1) * g
+    v_prev = _f64(state["exp_avg_sq"])
+    v = v_prev - (1.0 - beta2) * np.sign(v_prev - g2) * g2
+    bc1 = 1.0 - beta1**t
+    bc2 = 1.0 - beta2**t
+    p = p - (lr / bc1) * m / (np.sqrt(v) / np.sqrt(bc2) + eps)
+    return _out(p, {"exp_avg": m, "exp_avg_sq": v})
+
+
+def yogi_v_d2l(v_prev, g, beta2: float):
+    """Yogi's second moment as Dive into Deep Learning writes it (g already preprocessed):
+
+    s_t = s_{t-1} + (1 - b2) g^2 sgn(g^2 - s_{t-1})
+    """
+    v_prev = _f64(v_prev)
+    g2 = _f64(g) ** 2
+    return np.asarray(v_prev + (1.0 - beta2) * g2 * np.sign(g2 - v_prev))
+
+
+# --------------------------------------------------------------------------- SGD
+
+
+def sgd_init(param) -> dict:
+    """SGD has no state before its first step (the buffer is created from the gradient)."""
+    return {}
+
+
+def sgd_step(
+    param,
+    grad,
+    state: dict,
+    t: int,
+    *,
+    lr: float,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+):
+    """SGD with momentum (torch's / Sutskever et al. form), dampening and Nesterov.
+
+    buf = g on the first step, else buf = mu buf + (1-tau) g
+    d = g + mu buf if nesterov else buf   (mu == 0: d = g, no buffer)
+    param -= lr d
+    """
+    p, g = _prepare(param, grad, lr=lr, weight_decay=weight_decay, maximize=maximize, decoupled=False)
+    new_state = {}
+    d = g
+    if momentum != 0:
+        if "momentum_buffer" not in state:
+            buf = g.copy()
+        else:
+            buf = momentum * _f64(state["momentum_buffer"]) + (1.0 - dampening) * g
+        new_state["momentum_buffer"] = buf
+        d = g + momentum * buf if nesterov else buf
+    p = p - lr * d
+    return _out(p, new_state)
+
+
+# --------------------------------------------------------------------------- RMSprop
+
+
+def rmsprop_init(param, *, momentum: float = 0.0, centered: bool = False) -> dict:
+    shape = np.shape(param)
+    state = {"square_avg": np.zeros(shape)}
+    if momentum > 0:
+        state["momentum_buffer"] = np.zeros(shape)
+    if centered:
+        state["grad_avg"] = np.zeros(shape)
+    return state
+
+
+def rmsprop_step(
+    param,
+    grad,
+    state: dict,
+    t: int,
+    *,
+    lr: float,
+    alpha: float,
+    eps: float,
+    momentum: float = 0.0,
+    centered: bool = False,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+):
+    """RMSprop (Hinton's lecture 6e; centered form of Graves, 2013), torch's conventions.
+
+    s = alpha s + (1-alpha) g^2
+    centered: a = alpha a + (1-alpha) g, denom = sqrt(s - a^2) + eps; else sqrt(s) + eps
+    momentum > 0: b = momentum b + g / denom, param -= lr b; else param -= lr g / denom
+    """
+    p, g = _prepare(param, grad, lr=lr, weight_decay=weight_decay, maximize=maximize, decoupled=False)
+    s = alpha * _f64(state["square_avg"]) + (1.0 - alpha) * g * g
+    new_state = {"square_avg": s}
+    if centered:
+        a = alpha * _f64(state["grad_avg"]) + (1.0 - alpha) * g
+        new_state["grad_avg"] = a
+        denom = np.sqrt(s - a * a) + eps
+    else:
+        denom = np.sqrt(s) + eps
+    if momentum > 0:
+        b = momentum * _f64(state["momentum_buffer"]) + g / denom
+        new_state["momentum_buffer"] = b
+        p = p - lr * b
+    else:
+        p = p - lr * g / denom
+    return _out(p, new_state)
+
+
+# --------------------------------------------------------------------------- Adagrad
+
+
+def adagrad_init(param, *, initial_accumulator_value: float = 0.0) -> dict:
+    return {"sum": np.full(np.shape(param), float(initial_accumulator_value))}
+
+
+def adagrad_step(
+    param,
+    grad,
+    state: dict,
+    t: int,
+    *,
+    lr: float,
+    lr_decay: float = 0.0,
+    eps: float = 1e-10,
+    weight_decay: float = 0.0,
+    maximize: bool = False,
+):
+    """Adagrad (Duchi et al., 2011) with torch's learning-rate decay.
+
+    clr = lr / (1 + (t-1) lr_decay);  sum = sum + g^2;  param -= clr g / (sqrt(sum) + eps)
+    """
+    p, g = _prepare(param, grad, lr=lr, weight_decay=weight_decay, maximize=maximize, decoupled=False)
+    clr = lr / (1.0 + (t - 1) * lr_decay)
+    total = _f64(state["sum"]) + g * g
+    p = p - clr * g / (np.sqrt(total) + eps)
+    return _out(p, {"sum": total})
