@@ -148,3 +148,25 @@ def _assert_same_error(torch_cls, adamkit_cls, kwargs):
         adamkit_cls(params, **kwargs)
     assert type(ours.value) is type(theirs.value)
     assert str(ours.value) == str(theirs.value)
+
+
+LARGE_CASES = [
+    (torch.optim.Adam, adamkit.Adam, dict(lr=0.01, weight_decay=0.1, amsgrad=True)),
+    (torch.optim.AdamW, adamkit.AdamW, dict(lr=0.01, maximize=True)),
+    (torch.optim.SGD, adamkit.SGD, dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=0.1)),
+    (torch.optim.RMSprop, adamkit.RMSprop, dict(lr=0.01, momentum=0.9, centered=True)),
+    (torch.optim.Adagrad, adamkit.Adagrad, dict(lr=0.01, lr_decay=0.01, weight_decay=0.1)),
+]
+
+
+@pytest.mark.parametrize("complex_", [False, True])
+@pytest.mark.parametrize("torch_cls,adamkit_cls,kwargs", LARGE_CASES, ids=[c[0].__name__ for c in LARGE_CASES])
+def test_chunked_large_tensors_match_torch(torch_cls, adamkit_cls, kwargs, complex_):
+    """Tensors of several kernel chunks, with a ragged last chunk, stay bitwise equal."""
+    from adamkit.kernels.eager import CHUNK_ELEMENTS
+
+    g = torch.Generator().manual_seed(0)
+    sizes = [2 * CHUNK_ELEMENTS + 12345, CHUNK_ELEMENTS + 1]
+    dtype = torch.complex64 if complex_ else torch.float32
+    params = [torch.nn.Parameter(torch.randn(n, generator=g, dtype=dtype)) for n in sizes]
+    assert_bitwise_equal(*run_side_by_side(torch_cls, adamkit_cls, params, kwargs, steps=4))

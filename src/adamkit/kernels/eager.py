@@ -1,4 +1,11 @@
-"""The eager kernel: one rule call per parameter tensor."""
+"""The eager kernel: runs a rule with ordinary torch operations, tensor by tensor.
+
+Large contiguous tensors are cut into chunks of ``CHUNK_ELEMENTS``: a rule returns new
+tensors, and on a chunk those temporaries and the copies back stay in cache, so the
+step streams each parameter, gradient and state tensor through memory about once
+instead of once per operation. Every operation is elementwise, so the result does not
+depend on the chunking (the parity tests include tensors of many chunks).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,8 @@ from torch import Tensor
 
 from adamkit.rules.transforms import maximize_and_weight_decay
 
+CHUNK_ELEMENTS = 1 << 17
+
 
 def _real(t: Tensor) -> Tensor:
     return torch.view_as_real(t) if torch.is_complex(t) else t
@@ -16,6 +25,10 @@ def _real(t: Tensor) -> Tensor:
 
 def _identity(t: Tensor) -> Tensor:
     return t
+
+
+def _slices(numel: int, chunk: int) -> list[slice]:
+    return [slice(start, min(start + chunk, numel)) for start in range(0, numel, chunk)]
 
 
 def eager_step(
@@ -53,25 +66,44 @@ def eager_step(
             if tracked:
                 step = step.clone()
 
-        new_param, grad = maximize_and_weight_decay(
-            param.clone() if tracked else param,
-            param.grad,
-            lr=hp["lr"],
-            weight_decay=hp["weight_decay"],
-            maximize=hp["maximize"],
-            decoupled=decoupled_weight_decay,
+        grad = param.grad
+        moments = {name: value for name, value in state.items() if name != "step"}
+        tensors = [param, grad, *moments.values()]
+        # A step that creates state (SGD's first momentum step) runs whole: the new
+        # entry must be a full tensor, not chunks.
+        chunked = (
+            not tracked
+            and moments
+            and param.numel() > CHUNK_ELEMENTS
+            and not grad.is_sparse
+            and all(t.is_contiguous() for t in tensors)
         )
-        moments = {name: real(value) for name, value in state.items() if name != "step"}
-        rule_moments = {name: value.clone() for name, value in moments.items()} if tracked else moments
-        new_param, new_moments = rule(real(new_param), real(grad), rule_moments, hp, step)
+        if chunked:
+            flat = [t.view(-1) for t in tensors]
+            pieces = [[t[s] for t in flat] for s in _slices(param.numel(), CHUNK_ELEMENTS)]
+        else:
+            pieces = [tensors]
 
-        real(param).copy_(new_param)
-        for name, value in new_moments.items():
-            if name in moments:
-                moments[name].copy_(value)
-            elif complex_as_real and torch.is_complex(param):
-                state[name] = torch.view_as_complex(value)
-            else:
-                state[name] = value
+        for param_piece, grad_piece, *moment_pieces in pieces:
+            new_param, grad_piece = maximize_and_weight_decay(
+                param_piece.clone() if tracked else param_piece,
+                grad_piece,
+                lr=hp["lr"],
+                weight_decay=hp["weight_decay"],
+                maximize=hp["maximize"],
+                decoupled=decoupled_weight_decay,
+            )
+            moment_views = {name: real(piece) for name, piece in zip(moments, moment_pieces)}
+            rule_moments = {name: v.clone() for name, v in moment_views.items()} if tracked else moment_views
+            new_param, new_moments = rule(real(new_param), real(grad_piece), rule_moments, hp, step)
+
+            real(param_piece).copy_(new_param)
+            for name, value in new_moments.items():
+                if name in moment_views:
+                    moment_views[name].copy_(value)
+                elif complex_as_real and torch.is_complex(param):
+                    state[name] = torch.view_as_complex(value)
+                else:
+                    state[name] = value
         if state and param not in states:
             states[param] = state

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import math
 import warnings
 
 import torch
@@ -258,21 +259,28 @@ class RuleOptimizer(Optimizer):
             else:
                 self.state.pop(p, None)
 
-    def _trainable_grads(self) -> list[Tensor]:
-        return [
-            p.grad
-            for group in self.param_groups
-            for p in group["params"]
-            if p.grad is not None and p not in self.frozen
-        ]
+    def _grad_extremes(self) -> dict[Tensor, tuple[float, float]]:
+        """(min, max) of every unfrozen gradient: one pass each and one host sync in all.
 
-    def _zero_grad_params(self, params: list[Tensor]) -> list[Tensor]:
-        """Parameters (not yet warned about) whose gradient is all zeros."""
-        candidates = [p for p in params if p not in self._warned_zero_grad and not p.grad.is_sparse]
-        if not candidates:
-            return []
-        nonzero = torch.stack([p.grad.detach().any().cpu() for p in candidates]).tolist()
-        return [p for p, any_nonzero in zip(candidates, nonzero) if not any_nonzero]
+        Both safety checks read these: a gradient is finite when both are, all zeros
+        when both are 0 (NaN compares unequal, so a NaN gradient is never "all zeros").
+        """
+        params, extremes = [], []
+        for group in self.param_groups:
+            for p in group["params"]:
+                grad = p.grad
+                if grad is None or p in self.frozen:
+                    continue
+                if grad.is_sparse:
+                    grad = grad.coalesce().values()
+                if torch.is_complex(grad):
+                    grad = torch.view_as_real(grad)
+                if grad.numel():
+                    params.append(p)
+                    extremes.append(torch.stack(torch.aminmax(grad.detach())).float().cpu())
+        if not params:
+            return {}
+        return dict(zip(params, map(tuple, torch.stack(extremes).tolist())))
 
     def _warn_if_moved(self, zero_grad_params: list[Tensor], before: list[Tensor]) -> None:
         for p, old in zip(zero_grad_params, before):
@@ -293,7 +301,8 @@ class RuleOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
-        if self.skip_nonfinite and not all_finite(self._trainable_grads()):
+        extremes = self._grad_extremes() if self.skip_nonfinite or self.warn_zero_grad_update else {}
+        if self.skip_nonfinite and not all(math.isfinite(low) and math.isfinite(high) for low, high in extremes.values()):
             self.skipped_steps += 1
             warnings.warn(
                 f"{type(self).__name__}: skipped a step because a gradient holds NaN or Inf "
@@ -309,7 +318,9 @@ class RuleOptimizer(Optimizer):
                 params = self._params_with_grad(group)
                 if not params:
                     continue
-                zero_grad_params = self._zero_grad_params(params) if self.warn_zero_grad_update else []
+                zero_grad_params = [
+                    p for p in params if p not in self._warned_zero_grad and extremes.get(p) == (0.0, 0.0)
+                ]
                 before = [p.detach().clone() for p in zero_grad_params]
                 hp = dict(group)
                 hp["lr"] = squeeze_scalar(group["lr"])
@@ -327,17 +338,3 @@ class RuleOptimizer(Optimizer):
             torch.set_grad_enabled(grad_enabled)
         return loss
 
-
-def all_finite(tensors: list[Tensor]) -> bool:
-    """True when no tensor holds NaN or Inf; one min/max pass each, no tensor-sized temporaries."""
-    if not tensors:
-        return True
-    extremes = []
-    for t in tensors:
-        if t.is_sparse:
-            t = t.coalesce().values()
-        if torch.is_complex(t):
-            t = torch.view_as_real(t)
-        if t.numel():
-            extremes.extend(torch.aminmax(t.detach()))
-    return not extremes or bool(torch.isfinite(torch.stack([e.float().cpu() for e in extremes])).all())
