@@ -74,6 +74,19 @@ def test_train_with_defaults_reaches_d2l_loss(capsys):
     assert float(lines[-1].removeprefix("final loss: ")) < 0.26
 
 
+@pytest.mark.parametrize("name", ["adam", "yogi"])
+def test_adam_and_yogi_reach_d2l_loss_in_two_epochs_at_lr_001(capsys, name):
+    lines = run_cli(capsys, "--optimizer", name, "--lr", "0.01", "--epochs", "2")
+    assert float(lines[-1].removeprefix("final loss: ")) < 0.26
+
+
+@pytest.mark.parametrize("name", ["adamw", "amsgrad", "sgd", "rmsprop", "adagrad"])
+def test_every_family_member_trains_from_the_command_line(capsys, name):
+    lines = run_cli(capsys, "--optimizer", name, "--epochs", "1")
+    first, last = float(loss_lines(lines)[0].split()[-1]), float(lines[-1].removeprefix("final loss: "))
+    assert last < first
+
+
 def test_same_seed_prints_identical_lines_and_other_seed_does_not(capsys):
     first = run_cli(capsys, "--epochs", "1", "--seed", "3")
     assert run_cli(capsys, "--epochs", "1", "--seed", "3") == first
