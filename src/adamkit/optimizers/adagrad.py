@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from adamkit import rules
-from adamkit.optimizers.base import RuleOptimizer, check_non_negative
+from adamkit.optimizers.base import RuleOptimizer, check_non_negative, check_tensor_lr
 
 
 class Adagrad(RuleOptimizer):
@@ -48,8 +48,7 @@ class Adagrad(RuleOptimizer):
         skip_nonfinite: bool = False,
         warn_zero_grad_update: bool = True,
     ) -> None:
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
+        check_tensor_lr(lr, foreach=None, capturable=False)
         check_non_negative("learning rate", lr)
         check_non_negative("lr_decay value", lr_decay)
         check_non_negative("weight_decay value", weight_decay)

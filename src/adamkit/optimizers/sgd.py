@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from adamkit import rules
-from adamkit.optimizers.base import RuleOptimizer
+from adamkit.optimizers.base import RuleOptimizer, check_tensor_lr
 
 
 class SGD(RuleOptimizer):
@@ -47,8 +47,7 @@ class SGD(RuleOptimizer):
         skip_nonfinite: bool = False,
         warn_zero_grad_update: bool = True,
     ) -> None:
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
+        check_tensor_lr(lr, foreach=None, capturable=False)
         if lr < 0.0:
             raise ValueError(f"Invalid learning rate: {lr}")
         if momentum < 0.0:
