@@ -9,12 +9,12 @@ depend on the chunking (the parity tests include tensors of many chunks).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 
 import torch
 from torch import Tensor
 
-from adamkit.rules.transforms import maximize_and_weight_decay
+from adamkit.rules import Rule, decay_coefficients, maximize_and_weight_decay
 
 CHUNK_ELEMENTS = 1 << 17
 
@@ -32,7 +32,7 @@ def _slices(numel: int, chunk: int) -> list[slice]:
 
 
 def eager_step(
-    rule: Callable,
+    rule: Rule,
     params: Sequence[Tensor],
     states: Mapping[Tensor, MutableMapping[str, Tensor]],
     hp: Mapping,
@@ -53,6 +53,7 @@ def eager_step(
     sees them as they are (torch's SGD does complex arithmetic directly).
     """
     real = _real if complex_as_real else _identity
+    decay = decay_coefficients(hp, decoupled=decoupled_weight_decay)
     # Differentiable mode: autograd keeps the rule's inputs for backward, so the rule
     # must get copies of what the write-back below overwrites.
     tracked = torch.is_grad_enabled()
@@ -65,17 +66,24 @@ def eager_step(
             step = step_count if step_as_tensor else step_count.item()
             if tracked:
                 step = step.clone()
+        coefficients = rule.coefficients(hp, step, rule.slots[0] not in state)
 
         grad = param.grad
-        moments = {name: value for name, value in state.items() if name != "step"}
-        tensors = [param, grad, *moments.values()]
+        if grad.is_sparse and rule.sparse_update is not None:
+            new_param, new_sum = rule.sparse_update(param, grad, state[rule.slots[0]], coefficients)
+            param.copy_(new_param)
+            state[rule.slots[0]].copy_(new_sum)
+            continue
+
+        present = [name for name in rule.slots if name in state]
+        tensors = [param, grad, *(state[name] for name in present)]
         # A step that creates state (SGD's first momentum step) runs whole: the new
         # entry must be a full tensor, not chunks.
         chunked = (
             not tracked
-            and moments
-            and param.numel() > CHUNK_ELEMENTS
+            and present
             and not grad.is_sparse
+            and param.numel() > CHUNK_ELEMENTS
             and all(t.is_contiguous() for t in tensors)
         )
         if chunked:
@@ -84,26 +92,21 @@ def eager_step(
         else:
             pieces = [tensors]
 
-        for param_piece, grad_piece, *moment_pieces in pieces:
+        for param_piece, grad_piece, *state_pieces in pieces:
             new_param, grad_piece = maximize_and_weight_decay(
-                param_piece.clone() if tracked else param_piece,
-                grad_piece,
-                lr=hp["lr"],
-                weight_decay=hp["weight_decay"],
-                maximize=hp["maximize"],
-                decoupled=decoupled_weight_decay,
+                param_piece.clone() if tracked else param_piece, grad_piece, decay
             )
-            moment_views = {name: real(piece) for name, piece in zip(moments, moment_pieces)}
-            rule_moments = {name: v.clone() for name, v in moment_views.items()} if tracked else moment_views
-            new_param, new_moments = rule(real(new_param), real(grad_piece), rule_moments, hp, step)
+            views = dict(zip(present, map(real, state_pieces)))
+            inputs = {name: v.clone() for name, v in views.items()} if tracked else views
+            slot_values = [inputs.get(name) for name in rule.slots]
+            slot_values += [None] * (3 - len(slot_values))
+            new_param, *new_values = rule.update(real(new_param), real(grad_piece), *slot_values, coefficients)
 
             real(param_piece).copy_(new_param)
-            for name, value in new_moments.items():
-                if name in moment_views:
-                    moment_views[name].copy_(value)
-                elif complex_as_real and torch.is_complex(param):
-                    state[name] = torch.view_as_complex(value)
-                else:
-                    state[name] = value
+            for name, value in zip(rule.slots, new_values):
+                if name in views:
+                    views[name].copy_(value)
+                elif value is not None:
+                    state[name] = torch.view_as_complex(value) if complex_as_real and torch.is_complex(param) else value
         if state and param not in states:
             states[param] = state

@@ -27,7 +27,7 @@ class Adagrad(RuleOptimizer):
         (tensor([0.9000]), tensor([4.]))
     """
 
-    update_rule = staticmethod(rules.adagrad)
+    update_rule = rules.adagrad
     sparse_grad_error = None
     eager_state = True
     flag_defaults = {"foreach": None, "maximize": False, "differentiable": False, "fused": None}

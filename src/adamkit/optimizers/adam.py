@@ -34,7 +34,7 @@ class Adam(RuleOptimizer):
         ['exp_avg', 'exp_avg_sq', 'step']
     """
 
-    update_rule = staticmethod(rules.adam)
+    update_rule = rules.adam
     sparse_grad_error = "Adam does not support sparse gradients, please consider SparseAdam instead"
     flag_defaults = {
         "amsgrad": False,

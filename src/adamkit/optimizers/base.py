@@ -19,6 +19,7 @@ from torch.optim import Optimizer
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from adamkit.kernels import eager_step
+from adamkit.rules import Rule
 
 
 def scalar_dtype(fused: bool | None = None) -> torch.dtype:
@@ -90,7 +91,7 @@ class RuleOptimizer(Optimizer):
     zeros (``warn_zero_grad_update=False`` turns that off).
     """
 
-    update_rule: ClassVar[Callable]
+    update_rule: ClassVar[Rule]
     flag_defaults: ClassVar[dict[str, Any]]
     counts_steps: ClassVar[bool] = True
     complex_as_real: ClassVar[bool] = True

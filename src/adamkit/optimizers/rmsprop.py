@@ -26,7 +26,7 @@ class RMSprop(RuleOptimizer):
         ['grad_avg', 'momentum_buffer', 'square_avg', 'step']
     """
 
-    update_rule = staticmethod(rules.rmsprop)
+    update_rule = rules.rmsprop
     sparse_grad_error = "RMSprop does not support sparse gradients"
     flag_defaults = {
         "momentum": 0,

@@ -25,7 +25,7 @@ class SGD(RuleOptimizer):
         tensor([ 0.9000, -2.1000])
     """
 
-    update_rule = staticmethod(rules.sgd)
+    update_rule = rules.sgd
     counts_steps = False
     complex_as_real = False
     sparse_grad_error = None

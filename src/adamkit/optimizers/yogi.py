@@ -36,7 +36,7 @@ class Yogi(RuleOptimizer):
         True
     """
 
-    update_rule = staticmethod(rules.yogi)
+    update_rule = rules.yogi
     sparse_grad_error = "Yogi does not support sparse gradients; pass dense gradients (grad.to_dense())"
     flag_defaults = {
         "maximize": False,

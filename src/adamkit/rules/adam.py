@@ -3,69 +3,70 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any, NamedTuple
 
-import torch
-from torch import Tensor
+from torch import Tensor, is_tensor
 
-
-def adam(
-    param: Tensor, grad: Tensor, state: Mapping[str, Tensor], hp: Mapping, step: float | Tensor
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """One Adam step for one tensor.
-
-    ``state`` holds ``exp_avg`` (m) and ``exp_avg_sq`` (v), and ``max_exp_avg_sq`` when
-    ``hp["amsgrad"]``. ``step`` is the step number after this step (1 on the first call):
-    a float on the ordinary path, a tensor when the optimizer is capturable or
-    differentiable, which keeps every scalar on the tensor side (no host sync, and
-    gradients flow into ``lr`` and ``betas``).
-
-        m = beta1 m + (1 - beta1) g
-        v = beta2 v + (1 - beta2) g^2          (AMSGrad: v_max = max(v_max, v))
-        param -= lr / (1 - beta1^t) * m / (sqrt(v / (1 - beta2^t)) + eps)
-
-    >>> p, g = torch.tensor([0.5]), torch.tensor([1.0])
-    >>> state = {"exp_avg": torch.zeros(1), "exp_avg_sq": torch.zeros(1)}
-    >>> hp = {"lr": 0.1, "betas": (0.9, 0.999), "eps": 1e-8, "amsgrad": False}
-    >>> p, state = adam(p, g, state, hp, 1.0)
-    >>> p, state["exp_avg"], state["exp_avg_sq"]
-    (tensor([0.4000]), tensor([0.1000]), tensor([0.0010]))
-    """
-    beta1, beta2 = hp["betas"]
-    exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1)
-    if isinstance(beta2, Tensor) and beta2.requires_grad:
-        # addcmul's `value` must be a number; lerp takes the tensor weight and its gradient.
-        exp_avg_sq = torch.lerp(state["exp_avg_sq"], torch.square(grad), 1 - beta2)
-    else:
-        exp_avg_sq = state["exp_avg_sq"].mul(beta2).addcmul_(grad, grad, value=1 - beta2)
-    new_state = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
-    second_moment = exp_avg_sq
-    if hp["amsgrad"]:
-        second_moment = torch.maximum(state["max_exp_avg_sq"], exp_avg_sq)
-        new_state["max_exp_avg_sq"] = second_moment
-    return bias_corrected_update(param, exp_avg, second_moment, hp, step), new_state
+from adamkit.rules import ops
+from adamkit.rules.rule import Rule
 
 
-def bias_corrected_update(
-    param: Tensor, exp_avg: Tensor, second_moment: Tensor, hp: Mapping, step: float | Tensor
-) -> Tensor:
-    """``param - lr * m_hat / (sqrt(v_hat) + eps)``, Adam's update from its two moments.
+class AdamCoefficients(NamedTuple):
+    one_minus_beta1: Any
+    beta2: Any
+    one_minus_beta2: Any
+    denom_scale: Any
+    denom_shift: Any
+    step_scale: Any
+    amsgrad: bool
 
-    Shared by every rule that bias-corrects an Adam-style pair of moments (Adam, Yogi).
+
+def bias_corrections(hp: Mapping, step: float | Tensor) -> tuple[Any, Any, Any]:
+    """``(denom_scale, denom_shift, step_scale)`` of Adam's bias-corrected update.
+
+    The update is ``param + step_scale * m / (sqrt(v) / denom_scale + denom_shift)``;
+    with a float step that is ``-lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t)
+    + eps)``. A tensor step (capturable, differentiable) folds the step size into the
+    denominator instead, as torch does: turning it into a Python number would sync the
+    device and cut the autograd graph.
     """
     lr, eps = hp["lr"], hp["eps"]
     beta1, beta2 = hp["betas"]
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**step
     step_size = lr / bias_correction1
-
-    if torch.is_tensor(step):
-        # Fold the step size into the denominator: addcdiv's `value` must be a Python
-        # number, and turning a tensor into one would sync the device and cut the graph.
+    if is_tensor(step):
         step_size_neg = -step_size
-        denom = (second_moment.sqrt() / (bias_correction2.sqrt() * step_size_neg)).add_(
-            eps / step_size_neg
-        )
-        return torch.addcdiv(param, exp_avg, denom)
+        return bias_correction2.sqrt() * step_size_neg, eps / step_size_neg, 1
+    return bias_correction2**0.5, eps, -step_size
 
-    denom = (second_moment.sqrt() / bias_correction2**0.5).add_(eps)
-    return torch.addcdiv(param, exp_avg, denom, value=-step_size)
+
+def adam_coefficients(hp: Mapping, step: float | Tensor, fresh: bool = False) -> AdamCoefficients:
+    beta1, beta2 = hp["betas"]
+    return AdamCoefficients(1 - beta1, beta2, 1 - beta2, *bias_corrections(hp, step), bool(hp["amsgrad"]))
+
+
+def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, c: AdamCoefficients):
+    """One Adam step, elementwise:
+
+        m = beta1 m + (1 - beta1) g
+        v = beta2 v + (1 - beta2) g^2          (AMSGrad: v_max = max(v_max, v))
+        param -= lr / (1 - beta1^t) * m / (sqrt(v / (1 - beta2^t)) + eps)
+
+    >>> import torch
+    >>> hp = {"lr": 0.1, "betas": (0.9, 0.999), "eps": 1e-8, "amsgrad": False}
+    >>> c = adam_coefficients(hp, 1.0)
+    >>> adam_update(torch.tensor([0.5]), torch.tensor([1.0]), torch.zeros(1), torch.zeros(1), None, c)
+    (tensor([0.4000]), tensor([0.1000]), tensor([0.0010]), None)
+    """
+    exp_avg = ops.lerp(exp_avg, grad, c.one_minus_beta1)
+    exp_avg_sq = ops.ema_square(exp_avg_sq, grad, c.beta2, c.one_minus_beta2)
+    second_moment = exp_avg_sq
+    if c.amsgrad:
+        max_exp_avg_sq = ops.maximum(max_exp_avg_sq, exp_avg_sq)
+        second_moment = max_exp_avg_sq
+    denom = ops.sqrt(second_moment) / c.denom_scale + c.denom_shift
+    return ops.addcdiv(param, exp_avg, denom, c.step_scale), exp_avg, exp_avg_sq, max_exp_avg_sq
+
+
+adam = Rule("adam", ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), adam_coefficients, adam_update)

@@ -3,42 +3,55 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any, NamedTuple
 
-import torch
 from torch import Tensor
 
+from adamkit.rules import ops
+from adamkit.rules.rule import Rule
 
-def rmsprop(
-    param: Tensor, grad: Tensor, state: Mapping[str, Tensor], hp: Mapping, step: float | Tensor
-) -> tuple[Tensor, dict[str, Tensor]]:
+
+class RMSpropCoefficients(NamedTuple):
+    alpha: Any
+    one_minus_alpha: Any
+    eps: Any
+    centered: bool
+    momentum: Any
+    neg_lr: Any
+
+
+def rmsprop_coefficients(hp: Mapping, step: float | Tensor, fresh: bool = False) -> RMSpropCoefficients:
+    alpha = hp["alpha"]
+    return RMSpropCoefficients(alpha, 1 - alpha, hp["eps"], bool(hp["centered"]), hp["momentum"], -hp["lr"])
+
+
+def rmsprop_update(param, grad, square_avg, grad_avg, momentum_buffer, c: RMSpropCoefficients):
     """One RMSProp step with smoothing constant alpha:
 
         s = alpha s + (1 - alpha) g^2
-        a = g_avg = alpha g_avg + (1 - alpha) g ; d = sqrt(s - a^2) + eps  (centered)
-        d = sqrt(s) + eps                                                (otherwise)
+        a = alpha a + (1 - alpha) g ; d = sqrt(s - a^2) + eps    (centered)
+        d = sqrt(s) + eps                                        (otherwise)
         b = momentum b + g / d ; param -= lr b     (momentum > 0)
         param -= lr g / d                          (otherwise)
 
-    >>> p, g = torch.tensor([1.0]), torch.tensor([2.0])
+    >>> import torch
     >>> hp = {"lr": 0.01, "alpha": 0.75, "eps": 0.0, "momentum": 0, "centered": False}
-    >>> p, state = rmsprop(p, g, {"square_avg": torch.zeros(1)}, hp, 1.0)
-    >>> p, state["square_avg"]  # s = 0.25 * 4, p = 1 - 0.01 * 2 / 1
+    >>> c = rmsprop_coefficients(hp, 1.0)
+    >>> p, s, _, _ = rmsprop_update(torch.tensor([1.0]), torch.tensor([2.0]), torch.zeros(1), None, None, c)
+    >>> p, s  # s = 0.25 * 4, p = 1 - 0.01 * 2 / 1
     (tensor([0.9800]), tensor([1.]))
     """
-    lr, alpha = hp["lr"], hp["alpha"]
-    square_avg = state["square_avg"].mul(alpha).addcmul_(grad, grad, value=1 - alpha)
-    new_state = {"square_avg": square_avg}
-    if hp["centered"]:
-        grad_avg = torch.lerp(state["grad_avg"], grad, 1 - alpha)
-        new_state["grad_avg"] = grad_avg
-        avg = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
+    square_avg = ops.ema_square(square_avg, grad, c.alpha, c.one_minus_alpha)
+    if c.centered:
+        grad_avg = ops.lerp(grad_avg, grad, c.one_minus_alpha)
+        avg = ops.sqrt(ops.addcmul(square_avg, grad_avg, grad_avg, -1))
     else:
-        avg = square_avg.sqrt()
-    # Out of place: sqrt's backward needs its output unmodified (differentiable mode).
-    avg = avg.add(hp["eps"])
+        avg = ops.sqrt(square_avg)
+    avg = avg + c.eps
+    if c.momentum > 0:
+        momentum_buffer = ops.addcdiv(momentum_buffer * c.momentum, grad, avg, 1)
+        return ops.add_scaled(param, momentum_buffer, c.neg_lr), square_avg, grad_avg, momentum_buffer
+    return ops.addcdiv(param, grad, avg, c.neg_lr), square_avg, grad_avg, momentum_buffer
 
-    if hp["momentum"] > 0:
-        buf = state["momentum_buffer"].mul(hp["momentum"]).addcdiv_(grad, avg)
-        new_state["momentum_buffer"] = buf
-        return param.add(buf, alpha=-lr), new_state
-    return torch.addcdiv(param, grad, avg, value=-lr), new_state
+
+rmsprop = Rule("rmsprop", ("square_avg", "grad_avg", "momentum_buffer"), rmsprop_coefficients, rmsprop_update)

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any, NamedTuple
 
-import torch
-from torch import Tensor
+from adamkit.rules import ops
+from adamkit.rules.rule import Rule
 
 
-def sgd(
-    param: Tensor, grad: Tensor, state: Mapping[str, Tensor], hp: Mapping, step: None = None
-) -> tuple[Tensor, dict[str, Tensor]]:
+class SGDCoefficients(NamedTuple):
+    momentum: Any
+    one_minus_dampening: Any
+    nesterov: bool
+    neg_lr: Any
+    first_step: bool
+
+
+def sgd_coefficients(hp: Mapping, step: None, fresh: bool) -> SGDCoefficients:
+    """SGD counts no steps; ``fresh`` (no momentum buffer yet) starts the buffer from the gradient."""
+    return SGDCoefficients(hp["momentum"], 1 - hp["dampening"], bool(hp["nesterov"]), -hp["lr"], fresh)
+
+
+def sgd_update(param, grad, momentum_buffer, unused1, unused2, c: SGDCoefficients):
     """One SGD step. With momentum mu and dampening tau:
 
         b = g                              (first step)
@@ -18,25 +30,23 @@ def sgd(
         d = g + mu b  (Nesterov)  or  b
         param -= lr d
 
-    The momentum buffer is created from the first gradient, as torch.optim.SGD does,
-    so ``state`` has no ``momentum_buffer`` before the first step.
+    The momentum buffer starts as the first gradient, as in torch.optim.SGD.
 
-    >>> p, g = torch.tensor([1.0]), torch.tensor([0.5])
-    >>> hp = {"lr": 0.1, "momentum": 0.9, "dampening": 0.0, "nesterov": False}
-    >>> sgd(p, g, {}, hp)
-    (tensor([0.9500]), {'momentum_buffer': tensor([0.5000])})
+    >>> import torch
+    >>> c = sgd_coefficients({"lr": 0.1, "momentum": 0.9, "dampening": 0.0, "nesterov": False}, None, True)
+    >>> sgd_update(torch.tensor([1.0]), torch.tensor([0.5]), None, None, None, c)
+    (tensor([0.9500]), tensor([0.5000]), None, None)
     """
-    lr, momentum = hp["lr"], hp["momentum"]
-    new_state = {}
-    if momentum != 0:
-        buf = state.get("momentum_buffer")
-        if buf is None:
-            buf = grad.detach().clone()
+    if c.momentum != 0:
+        if c.first_step:
+            momentum_buffer = ops.clone(grad)
         else:
-            buf = buf.mul(momentum).add_(grad, alpha=1 - hp["dampening"])
-        new_state["momentum_buffer"] = buf
-        grad = grad.add(buf, alpha=momentum) if hp["nesterov"] else buf
+            momentum_buffer = ops.add_scaled(momentum_buffer * c.momentum, grad, c.one_minus_dampening)
+        if c.nesterov:
+            grad = ops.add_scaled(grad, momentum_buffer, c.momentum)
+        else:
+            grad = momentum_buffer
+    return ops.add_scaled(param, grad, c.neg_lr), momentum_buffer, unused1, unused2
 
-    if isinstance(lr, Tensor) and lr.requires_grad:
-        return param.addcmul(grad, lr, value=-1), new_state
-    return param.add(grad, alpha=-lr), new_state
+
+sgd = Rule("sgd", ("momentum_buffer",), sgd_coefficients, sgd_update)

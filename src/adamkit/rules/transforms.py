@@ -2,35 +2,44 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from adamkit.rules import ops
 
 
-def maximize_and_weight_decay(
-    param: Tensor,
-    grad: Tensor,
-    *,
-    lr: float | Tensor,
-    weight_decay: float | Tensor,
-    maximize: bool,
-    decoupled: bool,
-) -> tuple[Tensor, Tensor]:
+class DecayCoefficients(NamedTuple):
+    maximize: bool
+    decoupled: bool
+    weight_decay: Any
+    decay_factor: Any
+
+
+def decay_coefficients(hp: Mapping, *, decoupled: bool) -> DecayCoefficients:
+    """The scalars of :func:`maximize_and_weight_decay` for a parameter group."""
+    weight_decay = hp["weight_decay"]
+    decay_factor = 1 - hp["lr"] * weight_decay if decoupled and weight_decay != 0 else 1.0
+    return DecayCoefficients(bool(hp["maximize"]), decoupled, weight_decay, decay_factor)
+
+
+def maximize_and_weight_decay(param, grad, t: DecayCoefficients):
     """Return ``(param, grad)`` after ``maximize`` and weight decay.
 
     ``maximize`` negates the gradient. L2 decay adds ``weight_decay * param`` to the
     (possibly negated) gradient, so it enters the moments; decoupled decay (AdamW)
     shrinks the parameter by ``1 - lr * weight_decay`` and leaves the gradient alone.
-    Both run on the tensors as given, complex included, before any real view is taken.
+    The eager kernel runs this on complex tensors as given, before any real view.
 
-    >>> p, g = torch.tensor([2.0]), torch.tensor([1.0])
-    >>> maximize_and_weight_decay(p, g, lr=0.1, weight_decay=0.5, maximize=True, decoupled=False)
+    >>> import torch
+    >>> t = decay_coefficients({"lr": 0.1, "weight_decay": 0.5, "maximize": True}, decoupled=False)
+    >>> maximize_and_weight_decay(torch.tensor([2.0]), torch.tensor([1.0]), t)
     (tensor([2.]), tensor([0.]))
     """
-    if maximize:
+    if t.maximize:
         grad = -grad
-    if weight_decay != 0:
-        if decoupled:
-            param = param.mul(1 - lr * weight_decay)
+    if t.weight_decay != 0:
+        if t.decoupled:
+            param = param * t.decay_factor
         else:
-            grad = grad.add(param, alpha=weight_decay)
+            grad = ops.add_scaled(grad, param, t.weight_decay)
     return param, grad

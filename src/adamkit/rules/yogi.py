@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any, NamedTuple
 
-import torch
 from torch import Tensor
 
-from adamkit.rules.adam import bias_corrected_update
+from adamkit.rules import ops
+from adamkit.rules.adam import bias_corrections
+from adamkit.rules.rule import Rule
 
 
-def yogi(
-    param: Tensor, grad: Tensor, state: Mapping[str, Tensor], hp: Mapping, step: float | Tensor
-) -> tuple[Tensor, dict[str, Tensor]]:
+class YogiCoefficients(NamedTuple):
+    one_minus_beta1: Any
+    one_minus_beta2: Any
+    denom_scale: Any
+    denom_shift: Any
+    step_scale: Any
+
+
+def yogi_coefficients(hp: Mapping, step: float | Tensor, fresh: bool = False) -> YogiCoefficients:
+    beta1, beta2 = hp["betas"]
+    return YogiCoefficients(1 - beta1, 1 - beta2, *bias_corrections(hp, step))
+
+
+def yogi_update(param, grad, exp_avg, exp_avg_sq, unused, c: YogiCoefficients):
     """One Yogi step: Adam with an additive, sign-controlled second moment.
 
         m = beta1 m + (1 - beta1) g
@@ -22,17 +35,17 @@ def yogi(
     ``g^2``; Adam's ``v`` instead jumps to a fraction of a large ``g^2`` at once. The
     update is then Adam's, bias-corrected.
 
-    >>> p, g = torch.tensor([0.0]), torch.tensor([2.0])
-    >>> state = {"exp_avg": torch.zeros(1), "exp_avg_sq": torch.zeros(1)}
-    >>> hp = {"lr": 0.01, "betas": (0.9, 0.999), "eps": 1e-3}
-    >>> _, state = yogi(p, g, state, hp, 1.0)
-    >>> state["exp_avg_sq"]  # + (1 - beta2) * g^2
+    >>> import torch
+    >>> c = yogi_coefficients({"lr": 0.01, "betas": (0.9, 0.999), "eps": 1e-3}, 1.0)
+    >>> _, _, v, _ = yogi_update(torch.zeros(1), torch.tensor([2.0]), torch.zeros(1), torch.zeros(1), None, c)
+    >>> v  # + (1 - beta2) * g^2
     tensor([0.0040])
     """
-    beta1, beta2 = hp["betas"]
-    exp_avg = torch.lerp(state["exp_avg"], grad, 1 - beta1)
+    exp_avg = ops.lerp(exp_avg, grad, c.one_minus_beta1)
     grad_sq = grad * grad
-    exp_avg_sq = state["exp_avg_sq"]
-    exp_avg_sq = exp_avg_sq - (1 - beta2) * torch.sign(exp_avg_sq - grad_sq) * grad_sq
-    new_state = {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
-    return bias_corrected_update(param, exp_avg, exp_avg_sq, hp, step), new_state
+    exp_avg_sq = exp_avg_sq - c.one_minus_beta2 * ops.sign(exp_avg_sq - grad_sq) * grad_sq
+    denom = ops.sqrt(exp_avg_sq) / c.denom_scale + c.denom_shift
+    return ops.addcdiv(param, exp_avg, denom, c.step_scale), exp_avg, exp_avg_sq, unused
+
+
+yogi = Rule("yogi", ("exp_avg", "exp_avg_sq"), yogi_coefficients, yogi_update)
