@@ -7,6 +7,11 @@ import copy
 import torch
 
 
+# torch's CPU for-loop takes sqrt from MKL, which is not correctly rounded; adamkit's
+# eager kernel makes the same calls, so bit-for-bit comparisons with torch use it.
+EAGER = {"foreach": False}
+
+
 def make_params(dtype, *, complex_=False, contiguous=True, seed=0):
     """Parameters of several shapes; with ``contiguous=False`` the 2-D+ ones have transposed strides."""
     g = torch.Generator().manual_seed(seed)
@@ -34,8 +39,10 @@ def grads_for(params, step, seed=1):
     return out
 
 
-def run_side_by_side(torch_cls, adamkit_cls, params, kwargs, steps=12, schedule=None):
+def run_side_by_side(torch_cls, adamkit_cls, params, kwargs, steps=12, schedule=None, adamkit_kwargs=None):
     """Step both optimizers on clones of ``params`` with the same gradients.
+
+    ``adamkit_kwargs`` go to the adamkit optimizer only (``EAGER`` picks the for-loop kernel).
 
     Parameter 1 gets no gradient at step 3, and parameter 0 is frozen (grad None)
     from step 6 on. Returns (torch params, adamkit params, torch opt, adamkit opt).
@@ -45,7 +52,7 @@ def run_side_by_side(torch_cls, adamkit_cls, params, kwargs, steps=12, schedule=
     for a, b in zip(ours, theirs):
         assert a.stride() == b.stride()
     opt_t = torch_cls(theirs, **copy.deepcopy(kwargs))
-    opt_a = adamkit_cls(ours, **copy.deepcopy(kwargs))
+    opt_a = adamkit_cls(ours, **copy.deepcopy(kwargs), **(adamkit_kwargs or {}))
     for step in range(steps):
         grads = grads_for(params, step)
         for i, (pt, pa, g) in enumerate(zip(theirs, ours, grads)):

@@ -1,4 +1,4 @@
-"""adamkit.Adam / AdamW against torch.optim.Adam / AdamW, bit for bit on CPU."""
+"""adamkit.Adam / AdamW (eager kernel) against torch.optim.Adam / AdamW, bit for bit on CPU."""
 
 import itertools
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import adamkit
-from parity import assert_bitwise_equal, make_params, run_side_by_side
+from parity import EAGER, assert_bitwise_equal, make_params, run_side_by_side
 
 FLAGS = list(
     itertools.product(
@@ -29,7 +29,7 @@ def test_adam_matches_torch_bitwise(dtype, complex_, contiguous, weight_decay, a
     lr = torch.tensor(0.01) if tensor_lr else 0.01
     kwargs = dict(lr=lr, betas=(0.8, 0.99), eps=1e-6, weight_decay=weight_decay,
                   amsgrad=amsgrad, maximize=maximize, decoupled_weight_decay=decoupled)
-    result = run_side_by_side(torch.optim.Adam, adamkit.Adam, params, kwargs)
+    result = run_side_by_side(torch.optim.Adam, adamkit.Adam, params, kwargs, adamkit_kwargs=EAGER)
     assert_bitwise_equal(*result)
 
 
@@ -38,7 +38,7 @@ def test_adam_matches_torch_bitwise(dtype, complex_, contiguous, weight_decay, a
 def test_adamw_matches_torch_bitwise(amsgrad, weight_decay):
     params = make_params(torch.float32)
     kwargs = dict(lr=0.02, weight_decay=weight_decay, amsgrad=amsgrad)
-    assert_bitwise_equal(*run_side_by_side(torch.optim.AdamW, adamkit.AdamW, params, kwargs))
+    assert_bitwise_equal(*run_side_by_side(torch.optim.AdamW, adamkit.AdamW, params, kwargs, adamkit_kwargs=EAGER))
 
 
 def test_adamw_defaults_match_torch():

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import adamkit
-from parity import assert_bitwise_equal, make_params, run_side_by_side
+from parity import EAGER, assert_bitwise_equal, make_params, run_side_by_side
 
 
 def _matrix(**axes):
@@ -46,7 +46,7 @@ def test_matches_torch_bitwise(case, dtype, complex_, tensor_lr):
     torch.set_default_dtype(dtype)
     params = make_params(dtype, complex_=complex_, contiguous=not complex_)
     lr = torch.tensor(0.01) if tensor_lr else 0.01
-    assert_bitwise_equal(*run_side_by_side(torch_cls, adamkit_cls, params, dict(lr=lr, **flags)))
+    assert_bitwise_equal(*run_side_by_side(torch_cls, adamkit_cls, params, dict(lr=lr, **flags), adamkit_kwargs=EAGER))
 
 
 @pytest.mark.parametrize("torch_cls,adamkit_cls", [(torch.optim.SGD, adamkit.SGD), (torch.optim.RMSprop, adamkit.RMSprop),
@@ -169,4 +169,4 @@ def test_chunked_large_tensors_match_torch(torch_cls, adamkit_cls, kwargs, compl
     sizes = [2 * CHUNK_ELEMENTS + 12345, CHUNK_ELEMENTS + 1]
     dtype = torch.complex64 if complex_ else torch.float32
     params = [torch.nn.Parameter(torch.randn(n, generator=g, dtype=dtype)) for n in sizes]
-    assert_bitwise_equal(*run_side_by_side(torch_cls, adamkit_cls, params, kwargs, steps=4))
+    assert_bitwise_equal(*run_side_by_side(torch_cls, adamkit_cls, params, kwargs, steps=4, adamkit_kwargs=EAGER))

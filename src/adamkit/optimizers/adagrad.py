@@ -69,6 +69,9 @@ class Adagrad(RuleOptimizer):
             params, defaults, skip_nonfinite=skip_nonfinite, warn_zero_grad_update=warn_zero_grad_update
         )
 
+    def state_fills(self, group: dict) -> dict[str, float]:
+        return {"sum": group["initial_accumulator_value"]}
+
     def init_state(self, param: Tensor, group: dict) -> dict[str, Tensor]:
         value = group["initial_accumulator_value"]
         if torch.is_complex(param):

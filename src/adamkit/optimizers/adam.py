@@ -86,9 +86,9 @@ class Adam(RuleOptimizer):
             params, defaults, skip_nonfinite=skip_nonfinite, warn_zero_grad_update=warn_zero_grad_update
         )
 
-    def init_state(self, param: Tensor, group: dict) -> dict[str, Tensor]:
+    def state_fills(self, group: dict) -> dict[str, float]:
         names = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
-        return {name: torch.zeros_like(param, memory_format=torch.preserve_format) for name in names}
+        return dict.fromkeys(names, 0.0)
 
 
 class AdamW(Adam):

@@ -18,8 +18,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
-from adamkit.kernels import eager_step
+from adamkit.kernels import eager_step, fused_cpu
 from adamkit.rules import Rule
+from adamkit.state import allocate_flat_state
 
 
 def scalar_dtype(fused: bool | None = None) -> torch.dtype:
@@ -121,6 +122,8 @@ class RuleOptimizer(Optimizer):
         self.skipped_steps = 0
         self.frozen: set[Tensor] = set()
         self._warned_zero_grad: set[Tensor] = set()
+        self._plans: dict[tuple[int, torch.dtype], fused_cpu.FusedPlan] = {}
+        self.last_step_kernels: dict[str, int] = {}
         if self.eager_state:
             for group in self.param_groups:
                 for p in group["params"]:
@@ -131,9 +134,18 @@ class RuleOptimizer(Optimizer):
         state.update({name: getattr(self, name) for name in self._extra_attributes})
         return state
 
+    def state_fills(self, group: dict[str, Any]) -> dict[str, float | None]:
+        """The state tensors a parameter of ``group`` has after a step, with their initial
+        value; None for one the rule creates on its first step (SGD's momentum buffer)."""
+        raise NotImplementedError
+
     def init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         """The algorithm's state tensors for a parameter seen for the first time."""
-        raise NotImplementedError
+        return {
+            name: torch.full_like(param, fill, memory_format=torch.preserve_format)
+            for name, fill in self.state_fills(group).items()
+            if fill is not None
+        }
 
     def decoupled_weight_decay(self, group: dict[str, Any]) -> bool:
         return bool(group.get("decoupled_weight_decay", False))
@@ -150,6 +162,8 @@ class RuleOptimizer(Optimizer):
         self.__dict__.setdefault("skipped_steps", 0)
         self.__dict__.setdefault("frozen", set())
         self.__dict__.setdefault("_warned_zero_grad", set())
+        self.__dict__.setdefault("_plans", {})
+        self.__dict__.setdefault("last_step_kernels", {})
         for group in self.param_groups:
             for key, default in self.flag_defaults.items():
                 group.setdefault(key, default)
@@ -164,6 +178,29 @@ class RuleOptimizer(Optimizer):
                         dtype=scalar_dtype(group.get("fused")),
                         device=p.device if on_device else "cpu",
                     )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's ``load_state_dict``; then the fused kernel's state moves into flat buffers."""
+        super().load_state_dict(state_dict)
+        self._plans.clear()
+        for group in self.param_groups:
+            if not self.uses_fused_kernel(group):
+                continue
+            batches: dict[tuple, list[Tensor]] = {}
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state and fused_cpu.eligible(p, p):  # the layout of p; grads are checked each step
+                    key = (p.dtype, tuple(name for name in state if name != "step"), "step" in state)
+                    batches.setdefault(key, []).append(p)
+            for (_, names, has_step), params in batches.items():
+                moved = allocate_flat_state(
+                    params,
+                    dict.fromkeys(names, 0.0),
+                    step_dtype=self.state[params[0]]["step"].dtype if has_step else None,
+                    initial=[self.state[p] for p in params],
+                )
+                for p, state in zip(params, moved):
+                    self.state[p] = state
 
     def new_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state: dict[str, Tensor] = {}
@@ -260,40 +297,94 @@ class RuleOptimizer(Optimizer):
             else:
                 self.state.pop(p, None)
 
-    def _grad_extremes(self) -> dict[Tensor, tuple[float, float]]:
-        """(min, max) of every unfrozen gradient: one pass each and one host sync in all.
+    def _unfrozen_with_grad(self) -> list[Tensor]:
+        return [p for group in self.param_groups for p in group["params"] if p.grad is not None and p not in self.frozen]
 
-        Both safety checks read these: a gradient is finite when both are, all zeros
-        when both are 0 (NaN compares unequal, so a NaN gradient is never "all zeros").
+    @staticmethod
+    def _grad_extremes(params: list[Tensor]) -> dict[Tensor, tuple[float, float]]:
+        """(min, max) of each parameter's gradient: one pass each and one host sync in all.
+
+        A gradient is finite when both are, all zeros when both are 0 (NaN compares
+        unequal, so a NaN gradient is never "all zeros").
         """
-        params, extremes = [], []
-        for group in self.param_groups:
-            for p in group["params"]:
-                grad = p.grad
-                if grad is None or p in self.frozen:
-                    continue
-                if grad.is_sparse:
-                    grad = grad.coalesce().values()
-                if torch.is_complex(grad):
-                    grad = torch.view_as_real(grad)
-                if grad.numel():
-                    params.append(p)
-                    extremes.append(torch.stack(torch.aminmax(grad.detach())).float().cpu())
-        if not params:
+        with_values, extremes = [], []
+        for p in params:
+            grad = p.grad
+            if grad.is_sparse:
+                grad = grad.coalesce().values()
+            if torch.is_complex(grad):
+                grad = torch.view_as_real(grad)
+            if grad.numel():
+                with_values.append(p)
+                extremes.append(torch.stack(torch.aminmax(grad.detach())).float().cpu())
+        if not with_values:
             return {}
-        return dict(zip(params, map(tuple, torch.stack(extremes).tolist())))
+        return dict(zip(with_values, map(tuple, torch.stack(extremes).tolist())))
 
-    def _warn_if_moved(self, zero_grad_params: list[Tensor], before: list[Tensor]) -> None:
-        for p, old in zip(zero_grad_params, before):
-            if not torch.equal(p.detach(), old):
-                self._warned_zero_grad.add(p)
-                warnings.warn(
-                    f"{type(self).__name__}: a parameter of shape {tuple(p.shape)} has an all-zero "
-                    "gradient but this step changed it (weight decay or momentum). A zero gradient "
-                    "does not freeze a parameter: use adamkit.freeze(optimizer, params), or set its "
-                    ".grad to None. Pass warn_zero_grad_update=False to silence this warning.",
-                    stacklevel=4,
-                )
+    def _grads_finite(self) -> bool:
+        """Whether every unfrozen gradient is finite; the fused kernel's check where it applies."""
+        fused, other = [], []
+        for p in self._unfrozen_with_grad():
+            (fused if fused_cpu.eligible(p, p.grad) else other).append(p)
+        return fused_cpu.all_finite([p.grad for p in fused]) and all(
+            math.isfinite(low) and math.isfinite(high) for low, high in self._grad_extremes(other).values()
+        )
+
+    def _warn_moved(self, params: list[Tensor]) -> None:
+        for p in params:
+            if p in self._warned_zero_grad:
+                continue
+            self._warned_zero_grad.add(p)
+            warnings.warn(
+                f"{type(self).__name__}: a parameter of shape {tuple(p.shape)} has an all-zero "
+                "gradient but this step changed it (weight decay or momentum). A zero gradient "
+                "does not freeze a parameter: use adamkit.freeze(optimizer, params), or set its "
+                ".grad to None. Pass warn_zero_grad_update=False to silence this warning.",
+                stacklevel=4,
+            )
+
+    def uses_fused_kernel(self, group: dict[str, Any]) -> bool:
+        """Whether ``group`` runs on the fused CPU kernel (where its tensors allow).
+
+        It does unless the group asks for torch's for-loop (``foreach=False``) or needs
+        autograd or device-side scalars (``differentiable``, ``capturable``).
+        """
+        return not (
+            group.get("foreach") is False
+            or group.get("differentiable")
+            or group.get("capturable")
+            or torch.compiler.is_compiling()
+        )
+
+    def _fused_group_step(self, group: dict[str, Any], hp: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
+        """Step the group's fused-eligible parameters. Returns the rest, for the eager
+        kernel, and the stepped ones whose all-zero gradient did not keep them still."""
+        by_dtype: dict[torch.dtype, list[Tensor]] = {}
+        rest = []
+        for p in group["params"]:
+            grad = p.grad
+            if grad is None or p in self.frozen:
+                continue
+            if fused_cpu.eligible(p, grad):
+                by_dtype.setdefault(p.dtype, []).append(p)
+            else:
+                rest.append(p)
+        step_dtype = scalar_dtype(group.get("fused")) if self.counts_steps else None
+        moved = []
+        for dtype, params in by_dtype.items():
+            key = (id(group), dtype)
+            plan = self._plans.get(key)
+            if plan is None or not plan.is_current(params, self.state):
+                plan = fused_cpu.plan(type(self).update_rule, params, self.state, self.state_fills(group), step_dtype=step_dtype)
+                if plan is None:
+                    rest += params
+                    continue
+                self._plans[key] = plan
+            moved += fused_cpu.fused_step(
+                type(self).update_rule, plan, hp, decoupled_weight_decay=self.decoupled_weight_decay(group)
+            )
+            self.last_step_kernels["fused_cpu"] = self.last_step_kernels.get("fused_cpu", 0) + len(params)
+        return rest, moved
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
@@ -302,8 +393,7 @@ class RuleOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
-        extremes = self._grad_extremes() if self.skip_nonfinite or self.warn_zero_grad_update else {}
-        if self.skip_nonfinite and not all(math.isfinite(low) and math.isfinite(high) for low, high in extremes.values()):
+        if self.skip_nonfinite and not self._grads_finite():
             self.skipped_steps += 1
             warnings.warn(
                 f"{type(self).__name__}: skipped a step because a gradient holds NaN or Inf "
@@ -311,6 +401,45 @@ class RuleOptimizer(Optimizer):
                 stacklevel=3,
             )
             return loss
+
+        self.last_step_kernels = {}
+        grad_enabled = torch.is_grad_enabled()
+        torch.set_grad_enabled(self.defaults.get("differentiable", False))
+        try:
+            for group in self.param_groups:
+                hp = dict(group)
+                hp["lr"] = squeeze_scalar(group["lr"])
+                if self.uses_fused_kernel(group):
+                    rest, moved = self._fused_group_step(group, hp)
+                    if self.warn_zero_grad_update:
+                        self._warn_moved(moved)
+                    if not rest:
+                        continue
+                    rest = set(rest)
+                    params = [p for p in self._params_with_grad(group) if p in rest]
+                else:
+                    params = self._params_with_grad(group)
+                if not params:
+                    continue
+                extremes = self._grad_extremes(params) if self.warn_zero_grad_update else {}
+                zero_grad_params = [
+                    p for p in params if p not in self._warned_zero_grad and extremes.get(p) == (0.0, 0.0)
+                ]
+                before = [p.detach().clone() for p in zero_grad_params]
+                eager_step(
+                    type(self).update_rule,
+                    params,
+                    self.state,
+                    hp,
+                    decoupled_weight_decay=self.decoupled_weight_decay(group),
+                    step_as_tensor=bool(group.get("capturable") or group.get("differentiable")),
+                    complex_as_real=self.complex_as_real,
+                )
+                self.last_step_kernels["eager"] = self.last_step_kernels.get("eager", 0) + len(params)
+                self._warn_moved([p for p, old in zip(zero_grad_params, before) if not torch.equal(p.detach(), old)])
+        finally:
+            torch.set_grad_enabled(grad_enabled)
+        return loss
 
         grad_enabled = torch.is_grad_enabled()
         torch.set_grad_enabled(self.defaults.get("differentiable", False))

@@ -76,10 +76,10 @@ class RMSprop(RuleOptimizer):
             params, defaults, skip_nonfinite=skip_nonfinite, warn_zero_grad_update=warn_zero_grad_update
         )
 
-    def init_state(self, param: Tensor, group: dict) -> dict[str, Tensor]:
+    def state_fills(self, group: dict) -> dict[str, float]:
         names = ["square_avg"]
         if group["momentum"] > 0:
             names.append("momentum_buffer")
         if group["centered"]:
             names.append("grad_avg")
-        return {name: torch.zeros_like(param, memory_format=torch.preserve_format) for name in names}
+        return dict.fromkeys(names, 0.0)

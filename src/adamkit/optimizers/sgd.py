@@ -71,5 +71,5 @@ class SGD(RuleOptimizer):
             params, defaults, skip_nonfinite=skip_nonfinite, warn_zero_grad_update=warn_zero_grad_update
         )
 
-    def init_state(self, param: Tensor, group: dict) -> dict[str, Tensor]:
-        return {}
+    def state_fills(self, group: dict) -> dict[str, None]:
+        return {"momentum_buffer": None} if group["momentum"] != 0 else {}

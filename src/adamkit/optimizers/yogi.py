@@ -88,9 +88,5 @@ class Yogi(RuleOptimizer):
             params, defaults, skip_nonfinite=skip_nonfinite, warn_zero_grad_update=warn_zero_grad_update
         )
 
-    def init_state(self, param: Tensor, group: dict) -> dict[str, Tensor]:
-        value = group["initial_accumulator"]
-        return {
-            name: torch.full_like(param, value, memory_format=torch.preserve_format)
-            for name in ("exp_avg", "exp_avg_sq")
-        }
+    def state_fills(self, group: dict) -> dict[str, float]:
+        return dict.fromkeys(("exp_avg", "exp_avg_sq"), group["initial_accumulator"])

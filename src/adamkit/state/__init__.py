@@ -1,0 +1,11 @@
+"""State formats: where and how optimizer state is stored, apart from the update math.
+
+``flat`` keeps every state tensor of a (device, dtype) as a view into one contiguous
+buffer per state name, so a kernel streams it in one pass; ``optimizer.state`` still
+shows torch's per-parameter tensors. Narrower formats (bf16, 8-bit blockwise) belong
+here too: kernels read and write state through a format's load and store.
+"""
+
+from adamkit.state.flat import allocate_flat_state, local_tensor
+
+__all__ = ["allocate_flat_state", "local_tensor"]
