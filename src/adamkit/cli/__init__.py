@@ -9,10 +9,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from adamkit.cli import compare, explain, train, trajectories
+from adamkit.cli import bench, compare, explain, train, trajectories
 from adamkit.cli.errors import CommandError
 
-SUBCOMMANDS = (train, explain, compare, trajectories)
+SUBCOMMANDS = (train, explain, compare, trajectories, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

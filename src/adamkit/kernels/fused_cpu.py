@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+import operator
 
 import numba
 import numpy as np
@@ -40,35 +41,32 @@ def _compiled(update):
 
 
 @njit(parallel=True, **_JIT)
-def _fused_pass(update, decay, c, like, params, grads, slots, has_slot, items, starts, ends, report):
-    """Run ``update`` over every element of the work items; ``report[w]`` gets
-    (gradient had a nonzero, parameter changed) for work item ``w``."""
+def _fused_pass(update, decay, c, like, params, grads, slot0, slot1, slot2, items, starts, ends):
+    """Run ``update`` over every element of the work items.
+
+    A slot the parameters lack is None: numba then compiles that slot's code away (a
+    store that might alias the gradient would keep the loop from vectorizing), and the
+    rule reads the gradient in its place and never uses it.
+    """
     for w in prange(items.shape[0]):
         t = items[w]
         p = pointer(params[t], like)
         g = pointer(grads[t], like)
-        # A slot the parameter lacks reads the gradient as a placeholder and is never written.
-        s0 = pointer(slots[0, t] if has_slot[0] else grads[t], like)
-        s1 = pointer(slots[1, t] if has_slot[1] else grads[t], like)
-        s2 = pointer(slots[2, t] if has_slot[2] else grads[t], like)
-        grad_nonzero = False
-        changed = False
+        s0 = g if slot0 is None else pointer(slot0[t], like)
+        s1 = g if slot1 is None else pointer(slot1[t], like)
+        s2 = g if slot2 is None else pointer(slot2[t], like)
         for i in range(starts[w], ends[w]):
             old = load(p, i)
             grad = load(g, i)
             new, decayed_grad = _decay(old, grad, decay)
             new, y0, y1, y2 = update(new, decayed_grad, load(s0, i), load(s1, i), load(s2, i), c)
             store(p, i, new)
-            if has_slot[0]:
+            if slot0 is not None:
                 store(s0, i, y0)
-            if has_slot[1]:
+            if slot1 is not None:
                 store(s1, i, y1)
-            if has_slot[2]:
+            if slot2 is not None:
                 store(s2, i, y2)
-            grad_nonzero |= grad != 0
-            changed |= new != old
-        report[w, 0] = grad_nonzero
-        report[w, 1] = changed
 
 
 @njit(**_JIT)
@@ -80,6 +78,21 @@ def _advance_steps(addresses, like):
         counter[0] = counter[0] + 1
         out[k] = counter[0]
     return out
+
+
+@njit(**_JIT)
+def _all_zero(addresses, numels, like):
+    """Per tensor: every element is zero (and there is at least one). Most gradients
+    stop at their first element, so this costs next to nothing."""
+    zero = np.zeros(addresses.shape[0], np.bool_)
+    for t in range(addresses.shape[0]):
+        g = pointer(addresses[t], like)
+        zero[t] = numels[t] > 0
+        for i in range(numels[t]):
+            if load(g, i) != 0:
+                zero[t] = False
+                break
+    return zero
 
 
 @njit(parallel=True, **_JIT)
@@ -144,8 +157,10 @@ def _work_items(numels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 class FusedPlan:
     """Where one parameter group's tensors of one dtype live, laid out for the fused pass.
 
-    Built when the group's parameters with a gradient change; ``is_current`` checks
-    that the state tensors it points to are still the optimizer's.
+    Built when the group's parameters with a gradient change. Each step then only
+    reads the tensors' addresses and checks, mostly in C loops, that nothing it relies
+    on has moved: the same parameters at the same addresses, the optimizer's own state
+    tensors, and gradients of the right dtype, size and layout.
     """
 
     params: list[Tensor]
@@ -153,23 +168,51 @@ class FusedPlan:
     slot_names: tuple[str, ...]
     like: np.ndarray
     numels: np.ndarray
-    slots: np.ndarray
-    has_slot: tuple[bool, bool, bool]
+    slots: list[np.ndarray | None]
     step_addresses: np.ndarray | None
     step_like: np.ndarray | None
     items: np.ndarray
     starts: np.ndarray
     ends: np.ndarray
     fresh: np.ndarray
-    _entries: list[tuple[dict, str, Tensor]] = field(default_factory=list)
+    entry_states: list[dict] = field(default_factory=list)
+    entry_names: list[str] = field(default_factory=list)
+    entry_values: list[Tensor] = field(default_factory=list)
+    param_addresses: np.ndarray | None = None
+    state_mapping: Mapping | None = None
+    state_values: list[dict] = field(default_factory=list)
+    checked_grads: list[Tensor] = field(default_factory=list)
+    distributed: bool = False
 
-    def is_current(self, params: Sequence[Tensor], states: Mapping[Tensor, dict]) -> bool:
-        return (
-            len(params) == len(self.params)
-            and all(a is b for a, b in zip(params, self.params))
-            and all(states.get(p, {}) is s or not (s or states.get(p)) for p, s in zip(params, self.states))
-            and all(state.get(name) is value for state, name, value in self._entries)
-        )
+    def addresses(self, grads: list[Tensor], states: Mapping[Tensor, dict]) -> tuple[np.ndarray, np.ndarray] | None:
+        """(parameter, gradient) addresses for this step, or None if the plan is stale.
+
+        ``grads`` are the parameters' gradients, in order. ``states`` is the optimizer's
+        state; its values are compared in order, which needs no hashing of tensors.
+        """
+        params = self.params
+        if not (
+            states is self.state_mapping
+            and len(states) == len(self.state_values)
+            and all(map(operator.is_, states.values(), self.state_values))
+            and all(map(operator.is_, map(dict.get, self.entry_states, self.entry_names), self.entry_values))
+        ):
+            return None
+        locals_ = list(map(local_tensor, params)) if self.distributed else params
+        grad_locals = list(map(local_tensor, grads)) if self.distributed else grads
+        param_addresses = np.fromiter(map(Tensor.data_ptr, locals_), np.int64, len(params))
+        if not np.array_equal(param_addresses, self.param_addresses):
+            return None
+        if not (len(grads) == len(self.checked_grads) and all(map(operator.is_, grads, self.checked_grads))):
+            dtype = locals_[0].dtype
+            if not (
+                all(g.layout is torch.strided and g.dtype is dtype and g.device.type == "cpu" for g in grad_locals)
+                and all(map(Tensor.is_contiguous, grad_locals))
+                and np.array_equal(np.fromiter(map(Tensor.numel, grad_locals), np.int64, len(params)), self.numels)
+            ):
+                return None
+            self.checked_grads = grads
+        return param_addresses, np.fromiter(map(Tensor.data_ptr, grad_locals), np.int64, len(params))
 
 
 def plan(
@@ -202,56 +245,60 @@ def plan(
     slots = np.zeros((SLOT_COUNT, len(params)), np.int64)
     positions = [rule.slots.index(name) for name in slot_names]
     entries = []
-    for column, (state, p) in enumerate(zip(param_states, params)):
+    for column, state in enumerate(param_states):
         for name, row in zip(slot_names, positions):
             slots[row, column] = local_tensor(state[name]).data_ptr()
             entries.append((state, name, state[name]))
-    has_slot = tuple(row in positions for row in range(SLOT_COUNT))
+    slot_arrays = [slots[row] if row in positions else None for row in range(SLOT_COUNT)]
     step_addresses = step_like = None
     if step_dtype is not None:
         step_addresses = np.array([s["step"].data_ptr() for s in param_states], np.int64)
         step_like = np.zeros(0, STORAGE_TYPES[step_dtype])
         entries += [(s, "step", s["step"]) for s in param_states]
     items, starts, ends = _work_items(numels)
+    entry_states, entry_names, entry_values = (list(column) for column in zip(*entries)) if entries else ([], [], [])
     return FusedPlan(
-        list(params), param_states, slot_names, np.zeros(0, storage), numels, slots, has_slot,
-        step_addresses, step_like, items, starts, ends, fresh, entries,
+        list(params), param_states, slot_names, np.zeros(0, storage), numels, slot_arrays,
+        step_addresses, step_like, items, starts, ends, fresh, entry_states, entry_names, entry_values,
+        param_addresses=np.array([local_tensor(p).data_ptr() for p in params], np.int64),
+        state_mapping=states,
+        state_values=list(states.values()),
+        distributed=any(local_tensor(p) is not p for p in params),
     )
 
 
 def fused_step(
-    rule: Rule, plan: FusedPlan, hp: Mapping, *, decoupled_weight_decay: bool
+    rule: Rule,
+    plan: FusedPlan,
+    addresses: tuple[np.ndarray, np.ndarray],
+    hp: Mapping,
+    *,
+    decoupled_weight_decay: bool,
+    report_moved: bool = True,
 ) -> list[Tensor]:
-    """One step of ``rule`` over ``plan``'s parameters; returns those whose gradient was
-    all zeros and whose value still changed (weight decay, momentum)."""
+    """One step of ``rule`` over ``plan``'s parameters at ``addresses`` (from
+    ``plan.addresses``). With ``report_moved``, returns the parameters whose gradient
+    was all zeros and whose value still changed (weight decay, momentum)."""
     params = plan.params
-    param_addresses = np.array([local_tensor(p).data_ptr() for p in params], np.int64)
-    grad_addresses = np.array([local_tensor(p.grad).data_ptr() for p in params], np.int64)
+    param_addresses, grad_addresses = addresses
     compute = COMPUTE_TYPES[local_tensor(params[0]).dtype]
     decay = _cast(decay_coefficients(hp, decoupled=decoupled_weight_decay), compute)
+    zero_grad = np.flatnonzero(_all_zero(grad_addresses, plan.numels, plan.like)) if report_moved else []
+    before = [params[i].detach().clone() for i in zero_grad]
     counts_steps = plan.step_addresses is not None
     steps = _advance_steps(plan.step_addresses, plan.step_like) if counts_steps else np.zeros(len(params))
     keys = np.stack([steps, plan.fresh])
     plan.fresh = np.zeros(len(params), np.bool_)
-    report = np.zeros((plan.items.size, 2), np.bool_)
-    unique = np.unique(keys, axis=1)
-    for step, fresh in unique.T:
+    uniform = (keys == keys[:, :1]).all()
+    for step, fresh in (keys[:, :1] if uniform else np.unique(keys, axis=1)).T:
         c = _cast(rule.coefficients(hp, float(step) if counts_steps else None, bool(fresh)), compute)
         # Parameters whose step counts differ (one added later) need their own coefficients.
-        chosen = np.flatnonzero(((keys[0] == step) & (keys[1] == fresh))[plan.items])
-        if unique.shape[1] == 1:
-            chosen = slice(None)
-        part = report[chosen]
+        chosen = slice(None) if uniform else np.flatnonzero(((keys[0] == step) & (keys[1] == fresh))[plan.items])
         _fused_pass(
-            _compiled(rule.update), decay, c, plan.like, param_addresses, grad_addresses, plan.slots,
-            plan.has_slot, plan.items[chosen], plan.starts[chosen], plan.ends[chosen], part,
+            _compiled(rule.update), decay, c, plan.like, param_addresses, grad_addresses, *plan.slots,
+            plan.items[chosen], plan.starts[chosen], plan.ends[chosen],
         )
-        report[chosen] = part
-    grad_nonzero = np.zeros(len(params), np.bool_)
-    changed = np.zeros(len(params), np.bool_)
-    np.logical_or.at(grad_nonzero, plan.items, report[:, 0])
-    np.logical_or.at(changed, plan.items, report[:, 1])
-    return [params[i] for i in np.flatnonzero(~grad_nonzero & changed & (plan.numels > 0))]
+    return [params[i] for i, old in zip(zero_grad, before) if not torch.equal(params[i].detach(), old)]
 
 
 def _cast(coefficients, compute):

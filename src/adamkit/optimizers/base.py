@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import math
+import operator
 import warnings
 
 import torch
@@ -122,7 +123,8 @@ class RuleOptimizer(Optimizer):
         self.skipped_steps = 0
         self.frozen: set[Tensor] = set()
         self._warned_zero_grad: set[Tensor] = set()
-        self._plans: dict[tuple[int, torch.dtype], fused_cpu.FusedPlan] = {}
+        # id(group) -> (its parameters with a gradient, their fused plans, the rest)
+        self._plans: dict[int, tuple] = {}
         self.last_step_kernels: dict[str, int] = {}
         if self.eager_state:
             for group in self.param_groups:
@@ -359,32 +361,61 @@ class RuleOptimizer(Optimizer):
     def _fused_group_step(self, group: dict[str, Any], hp: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
         """Step the group's fused-eligible parameters. Returns the rest, for the eager
         kernel, and the stepped ones whose all-zero gradient did not keep them still."""
+        frozen = self.frozen
+        params = group["params"]
+        grads = [p.grad for p in params]
+        active = [(p, g) for p, g in zip(params, grads) if g is not None and not (frozen and p in frozen)]
+        with_grad = [p for p, _ in active]
+        layout = self._plans.get(id(group))
+        steps = None
+        if layout is not None and len(layout[0]) == len(with_grad) and all(map(operator.is_, layout[0], with_grad)):
+            steps = self._addresses(layout, active)
+        if steps is None or any(addresses is None for _, addresses in steps):
+            layout = self._lay_out(group, with_grad)
+            steps = self._addresses(layout, active)
+            layout[2].extend(p for plan, addresses in steps if addresses is None for p in plan.params)
+            steps = [(plan, addresses) for plan, addresses in steps if addresses is not None]
+        moved = []
+        for plan, addresses in steps:
+            moved += fused_cpu.fused_step(
+                type(self).update_rule,
+                plan,
+                addresses,
+                hp,
+                decoupled_weight_decay=self.decoupled_weight_decay(group),
+                report_moved=self.warn_zero_grad_update,
+            )
+            self.last_step_kernels["fused_cpu"] = self.last_step_kernels.get("fused_cpu", 0) + len(plan.params)
+        return layout[2], moved
+
+    def _addresses(self, layout: tuple, active: list[tuple[Tensor, Tensor]]) -> list[tuple]:
+        if len(layout[1]) == 1 and not layout[2]:
+            return [(layout[1][0], layout[1][0].addresses([g for _, g in active], self.state))]
+        grad_of = {id(p): g for p, g in active}
+        return [(plan, plan.addresses([grad_of[id(p)] for p in plan.params], self.state)) for plan in layout[1]]
+
+    def _lay_out(self, group: dict[str, Any], with_grad: list[Tensor]) -> tuple:
+        """Sort ``with_grad`` into one fused plan per dtype and the rest, and remember that."""
         by_dtype: dict[torch.dtype, list[Tensor]] = {}
         rest = []
-        for p in group["params"]:
-            grad = p.grad
-            if grad is None or p in self.frozen:
-                continue
-            if fused_cpu.eligible(p, grad):
+        for p in with_grad:
+            if fused_cpu.eligible(p, p.grad):
                 by_dtype.setdefault(p.dtype, []).append(p)
             else:
                 rest.append(p)
         step_dtype = scalar_dtype(group.get("fused")) if self.counts_steps else None
-        moved = []
-        for dtype, params in by_dtype.items():
-            key = (id(group), dtype)
-            plan = self._plans.get(key)
-            if plan is None or not plan.is_current(params, self.state):
-                plan = fused_cpu.plan(type(self).update_rule, params, self.state, self.state_fills(group), step_dtype=step_dtype)
-                if plan is None:
-                    rest += params
-                    continue
-                self._plans[key] = plan
-            moved += fused_cpu.fused_step(
-                type(self).update_rule, plan, hp, decoupled_weight_decay=self.decoupled_weight_decay(group)
-            )
-            self.last_step_kernels["fused_cpu"] = self.last_step_kernels.get("fused_cpu", 0) + len(params)
-        return rest, moved
+        plans = []
+        for params in by_dtype.values():
+            plan = fused_cpu.plan(type(self).update_rule, params, self.state, self.state_fills(group), step_dtype=step_dtype)
+            if plan is None:
+                rest += params
+            else:
+                plans.append(plan)
+        for plan in plans:  # each plan saw the state before the next one added to it
+            plan.state_values = list(self.state.values())
+        layout = (with_grad, plans, rest)
+        self._plans[id(group)] = layout
+        return layout
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""

@@ -1,0 +1,59 @@
+"""``adamkit bench``: ms per Adam step and effective GB/s, adamkit against torch.optim."""
+
+import argparse
+import json
+from dataclasses import asdict
+
+import numba
+import torch
+
+from adamkit import benchmark
+from adamkit.cli.errors import CommandError
+from adamkit.cli.options import positive_int
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="time one Adam step: adamkit against torch's for-loop, foreach and fused",
+        description=__doc__,
+    )
+    parser.add_argument("--sizes", nargs="+", default=list(benchmark.DEFAULT_SHAPES), metavar="NxM",
+                        help="shapes to time, N tensors of M elements (default: %(default)s)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="threads for torch and adamkit (default: torch's)")
+    parser.add_argument("--repeats", type=positive_int, default=10, help="timed steps per figure")
+    parser.add_argument("--warmup", type=positive_int, default=3, help="untimed steps first")
+    parser.add_argument("--implementations", nargs="+", default=list(benchmark.IMPLEMENTATIONS),
+                        choices=list(benchmark.IMPLEMENTATIONS), metavar="NAME")
+    parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    try:
+        shapes = [benchmark.parse_shape(text) for text in args.sizes]
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    dtype = DTYPES[args.dtype]
+    bandwidth = benchmark.stream_bandwidth(max(s.params for s in shapes))
+    results = benchmark.run(shapes, dtype, args.implementations, args.repeats, args.warmup)
+    if args.json:
+        print(json.dumps({"machine": benchmark.machine(), "stream_gb_per_s": bandwidth,
+                          "results": [asdict(r) for r in results]}, indent=2))
+        return
+    print(f"machine: {benchmark.machine()}")
+    print(f"limit: stream bandwidth {bandwidth:.1f} GB/s (7 fp32 arrays per parameter)")
+    print(f"{'shape':>14}  {'implementation':<15} {'ms/step':>9} {'GB/s':>7} {'adamkit speedup':>16}")
+    for shape in shapes:
+        rows = [r for r in results if r.shape == shape.label]
+        ours = next((r.ms for r in rows if r.implementation == "adamkit"), None)
+        for r in rows:
+            speedup = f"{r.ms / ours:.2f}x" if ours and r.implementation != "adamkit" else ""
+            print(f"{r.shape:>14}  {r.implementation:<15} {r.ms:9.2f} {r.gb_per_s:7.1f} {speedup:>16}")
