@@ -197,3 +197,31 @@ def test_skip_nonfinite_checks_fused_gradients():
     params[-3].grad = torch.ones_like(params[-3])
     opt.step()
     assert opt.skipped_steps == 1 and opt.last_step_kernels == {"fused_cpu": len(params)}
+
+
+def test_dtensor_params_run_fused_on_their_local_shard(tmp_path):
+    """FSDP2 shards parameters as DTensors: the kernel runs on to_local(), state stays DTensor."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        g = torch.Generator().manual_seed(0)
+        full = torch.randn(8, 4, generator=g)
+        sharded = torch.nn.Parameter(distribute_tensor(full.clone(), mesh, [Shard(0)]))
+        plain = torch.nn.Parameter(full.clone())
+        opt, reference = adamkit.Adam([sharded], lr=0.1), adamkit.Adam([plain], lr=0.1)
+        for _ in range(3):
+            grad = torch.randn(8, 4, generator=g)
+            sharded.grad = distribute_tensor(grad, mesh, [Shard(0)])
+            plain.grad = grad.clone()
+            opt.step()
+            reference.step()
+        assert opt.last_step_kernels == {"fused_cpu": 1}
+        assert isinstance(opt.state[sharded]["exp_avg"], DTensor)
+        assert torch.equal(sharded.detach().full_tensor(), plain.detach())
+        assert torch.equal(opt.state[sharded]["exp_avg_sq"].full_tensor(), reference.state[plain]["exp_avg_sq"])
+    finally:
+        dist.destroy_process_group()
