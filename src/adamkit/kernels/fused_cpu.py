@@ -15,13 +15,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 import operator
 
-import numba
 import numpy as np
 import torch
 from numba import njit, prange
 from torch import Tensor
 
-from adamkit.kernels import scalar_ops
 from adamkit.kernels.scalar_ops import COMPUTE_TYPES, STORAGE_TYPES, load, pointer, store
 from adamkit.rules import Rule, decay_coefficients, maximize_and_weight_decay
 from adamkit.state import allocate_flat_state, local_tensor
