@@ -12,8 +12,9 @@ schedulers never cause recompilation.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 import operator
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -106,19 +107,21 @@ def _all_finite(addresses, numels, like):
     return finite
 
 
+def _laid_out_like(t: Tensor, param: Tensor) -> bool:
+    """``t`` (local) can be read element for element alongside ``param``'s local tensor."""
+    return (
+        t.layout is torch.strided
+        and t.dtype is param.dtype
+        and t.device.type == "cpu"
+        and t.shape == param.shape
+        and t.is_contiguous()
+    )
+
+
 def eligible(param: Tensor, grad: Tensor) -> bool:
     """Whether the fused kernel can update ``param`` with ``grad`` (else the eager kernel runs)."""
-    param, grad = local_tensor(param), local_tensor(grad)
-    return (
-        param.device.type == "cpu"
-        and param.dtype in STORAGE_TYPES
-        and grad.layout is torch.strided
-        and grad.dtype is param.dtype
-        and grad.device.type == "cpu"
-        and grad.shape == param.shape
-        and param.is_contiguous()
-        and grad.is_contiguous()
-    )
+    param = local_tensor(param)
+    return param.dtype in STORAGE_TYPES and _laid_out_like(param, param) and _laid_out_like(local_tensor(grad), param)
 
 
 def _state_usable(state: Mapping[str, Tensor], param: Tensor, slot_names: Sequence[str], step_dtype) -> bool:
@@ -127,14 +130,7 @@ def _state_usable(state: Mapping[str, Tensor], param: Tensor, slot_names: Sequen
         value = state.get(name)
         if value is None:
             return False
-        value = local_tensor(value)
-        if not (
-            value.dtype is local.dtype
-            and value.device.type == "cpu"
-            and value.shape == local.shape
-            and value.is_contiguous()
-            and not value.requires_grad
-        ):
+        if value.requires_grad or not _laid_out_like(local_tensor(value), local):
             return False
     if step_dtype is not None:
         step = state.get("step")
@@ -162,8 +158,6 @@ class FusedPlan:
     """
 
     params: list[Tensor]
-    states: list[dict[str, Tensor]]
-    slot_names: tuple[str, ...]
     like: np.ndarray
     numels: np.ndarray
     slots: list[np.ndarray | None]
@@ -213,6 +207,14 @@ class FusedPlan:
         return param_addresses, np.fromiter(map(Tensor.data_ptr, grad_locals), np.int64, len(params))
 
 
+class GroupLayout(NamedTuple):
+    """A parameter group's parameters with a gradient, split between kernels."""
+
+    with_grad: list[Tensor]
+    plans: list[FusedPlan]
+    rest: list[Tensor]
+
+
 def plan(
     rule: Rule,
     params: Sequence[Tensor],
@@ -256,7 +258,7 @@ def plan(
     items, starts, ends = _work_items(numels)
     entry_states, entry_names, entry_values = (list(column) for column in zip(*entries)) if entries else ([], [], [])
     return FusedPlan(
-        list(params), param_states, slot_names, np.zeros(0, storage), numels, slot_arrays,
+        list(params), np.zeros(0, storage), numels, slot_arrays,
         step_addresses, step_like, items, starts, ends, fresh, entry_states, entry_names, entry_values,
         param_addresses=np.array([local_tensor(p).data_ptr() for p in params], np.int64),
         state_mapping=states,

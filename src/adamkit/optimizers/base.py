@@ -123,8 +123,7 @@ class RuleOptimizer(Optimizer):
         self.skipped_steps = 0
         self.frozen: set[Tensor] = set()
         self._warned_zero_grad: set[Tensor] = set()
-        # id(group) -> (its parameters with a gradient, their fused plans, the rest)
-        self._plans: dict[int, tuple] = {}
+        self._plans: dict[int, fused_cpu.GroupLayout] = {}  # by id(group)
         self.last_step_kernels: dict[str, int] = {}
         if self.eager_state:
             for group in self.param_groups:
@@ -226,9 +225,9 @@ class RuleOptimizer(Optimizer):
         state.update(self.init_state(param, group))
         return state
 
-    def _params_with_grad(self, group: dict[str, Any]) -> list[Tensor]:
+    def _params_with_grad(self, group: dict[str, Any], candidates: list[Tensor] | None = None) -> list[Tensor]:
         params = []
-        for p in group["params"]:
+        for p in group["params"] if candidates is None else candidates:
             if p.grad is None or p in self.frozen:
                 continue
             self.check_grad(p, group)
@@ -368,12 +367,16 @@ class RuleOptimizer(Optimizer):
         with_grad = [p for p, _ in active]
         layout = self._plans.get(id(group))
         steps = None
-        if layout is not None and len(layout[0]) == len(with_grad) and all(map(operator.is_, layout[0], with_grad)):
+        if (
+            layout is not None
+            and len(layout.with_grad) == len(with_grad)
+            and all(map(operator.is_, layout.with_grad, with_grad))
+        ):
             steps = self._addresses(layout, active)
         if steps is None or any(addresses is None for _, addresses in steps):
             layout = self._lay_out(group, with_grad)
             steps = self._addresses(layout, active)
-            layout[2].extend(p for plan, addresses in steps if addresses is None for p in plan.params)
+            layout.rest.extend(p for plan, addresses in steps if addresses is None for p in plan.params)
             steps = [(plan, addresses) for plan, addresses in steps if addresses is not None]
         moved = []
         for plan, addresses in steps:
@@ -386,15 +389,15 @@ class RuleOptimizer(Optimizer):
                 report_moved=self.warn_zero_grad_update,
             )
             self.last_step_kernels["fused_cpu"] = self.last_step_kernels.get("fused_cpu", 0) + len(plan.params)
-        return layout[2], moved
+        return layout.rest, moved
 
-    def _addresses(self, layout: tuple, active: list[tuple[Tensor, Tensor]]) -> list[tuple]:
-        if len(layout[1]) == 1 and not layout[2]:
-            return [(layout[1][0], layout[1][0].addresses([g for _, g in active], self.state))]
+    def _addresses(self, layout: fused_cpu.GroupLayout, active: list[tuple[Tensor, Tensor]]) -> list[tuple]:
+        if len(layout.plans) == 1 and not layout.rest:
+            return [(layout.plans[0], layout.plans[0].addresses([g for _, g in active], self.state))]
         grad_of = {id(p): g for p, g in active}
-        return [(plan, plan.addresses([grad_of[id(p)] for p in plan.params], self.state)) for plan in layout[1]]
+        return [(plan, plan.addresses([grad_of[id(p)] for p in plan.params], self.state)) for plan in layout.plans]
 
-    def _lay_out(self, group: dict[str, Any], with_grad: list[Tensor]) -> tuple:
+    def _lay_out(self, group: dict[str, Any], with_grad: list[Tensor]) -> fused_cpu.GroupLayout:
         """Sort ``with_grad`` into one fused plan per dtype and the rest, and remember that."""
         by_dtype: dict[torch.dtype, list[Tensor]] = {}
         rest = []
@@ -413,7 +416,7 @@ class RuleOptimizer(Optimizer):
                 plans.append(plan)
         for plan in plans:  # each plan saw the state before the next one added to it
             plan.state_values = list(self.state.values())
-        layout = (with_grad, plans, rest)
+        layout = fused_cpu.GroupLayout(with_grad, plans, rest)
         self._plans[id(group)] = layout
         return layout
 
@@ -446,8 +449,7 @@ class RuleOptimizer(Optimizer):
                         self._warn_moved(moved)
                     if not rest:
                         continue
-                    rest = set(rest)
-                    params = [p for p in self._params_with_grad(group) if p in rest]
+                    params = self._params_with_grad(group, rest)
                 else:
                     params = self._params_with_grad(group)
                 if not params:
@@ -471,31 +473,3 @@ class RuleOptimizer(Optimizer):
         finally:
             torch.set_grad_enabled(grad_enabled)
         return loss
-
-        grad_enabled = torch.is_grad_enabled()
-        torch.set_grad_enabled(self.defaults.get("differentiable", False))
-        try:
-            for group in self.param_groups:
-                params = self._params_with_grad(group)
-                if not params:
-                    continue
-                zero_grad_params = [
-                    p for p in params if p not in self._warned_zero_grad and extremes.get(p) == (0.0, 0.0)
-                ]
-                before = [p.detach().clone() for p in zero_grad_params]
-                hp = dict(group)
-                hp["lr"] = squeeze_scalar(group["lr"])
-                eager_step(
-                    type(self).update_rule,
-                    params,
-                    self.state,
-                    hp,
-                    decoupled_weight_decay=self.decoupled_weight_decay(group),
-                    step_as_tensor=bool(group.get("capturable") or group.get("differentiable")),
-                    complex_as_real=self.complex_as_real,
-                )
-                self._warn_if_moved(zero_grad_params, before)
-        finally:
-            torch.set_grad_enabled(grad_enabled)
-        return loss
-
