@@ -130,6 +130,34 @@ def test_mixed_dtypes_and_non_contiguous_params_in_one_group():
     assert all(opt.state[p]["exp_avg"].dtype == p.dtype for p in params)
 
 
+def test_gradients_are_rechecked_every_step():
+    """A plan made for one step's gradients is not trusted with the next step's."""
+    g = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(6, 4, generator=g)) for _ in range(3)]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    opt, reference = adamkit.Adam(params, lr=0.01), adamkit.Adam(twins, lr=0.01, **EAGER)
+    for step, layout in enumerate(["contiguous", "transposed", "contiguous"]):
+        for p, q in zip(params, twins):
+            grad = torch.randn(6, 4, generator=g)
+            q.grad = grad
+            p.grad = grad.t().contiguous().t() if layout == "transposed" and p is params[1] else grad.clone()
+        opt.step()
+        reference.step()
+        expected = {"fused_cpu": 2, "eager": 1} if layout == "transposed" else {"fused_cpu": 3}
+        assert opt.last_step_kernels == expected, step
+    for p, q in zip(params, twins):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    for dtype in (torch.float32, torch.float64):
+        params[0].grad.data = torch.ones(3, dtype=dtype)  # the same object, changed past the grad setter
+        with pytest.raises(RuntimeError, match="must match the size|expected dtype float"):
+            opt.step()
+        params[0].grad = torch.ones(6, 4)
+        opt.step()
+    params[0].grad = torch.ones(6, 4).to_sparse()
+    with pytest.raises(RuntimeError, match="does not support sparse gradients"):
+        opt.step()
+
+
 def test_state_lives_in_one_buffer_per_dtype_and_name():
     params = _params(torch.float32)
     opt = adamkit.Adam(params, lr=0.01)
@@ -225,3 +253,14 @@ def test_dtensor_params_run_fused_on_their_local_shard(tmp_path):
         assert torch.equal(opt.state[sharded]["exp_avg_sq"].full_tensor(), reference.state[plain]["exp_avg_sq"])
     finally:
         dist.destroy_process_group()
+
+
+def test_adagrad_state_made_at_construction_is_flat():
+    params = _params(torch.float32)
+    opt = adamkit.Adagrad(params, lr=0.1, initial_accumulator_value=0.5)
+    for name in ("sum", "step"):
+        assert len({opt.state[p][name].untyped_storage().data_ptr() for p in params}) == 1, name
+    assert all(torch.equal(opt.state[p]["sum"], torch.full_like(p, 0.5)) for p in params)
+    opt.reset_state(params[:3])
+    assert len({opt.state[p]["sum"].untyped_storage().data_ptr() for p in params[:3]}) == 1
+    assert opt.state[params[0]]["sum"].untyped_storage().data_ptr() != opt.state[params[4]]["sum"].untyped_storage().data_ptr()

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from adamkit.rules import Rule, decay_coefficients, maximize_and_weight_decay
 
-CHUNK_ELEMENTS = 1 << 17
+CHUNK_ELEMENTS = 1 << 16  # 256 KiB of fp32: larger chunks were no faster and glibc kept more of them
 
 
 def _real(t: Tensor) -> Tensor:

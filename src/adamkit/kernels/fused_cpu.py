@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 import operator
+from itertools import repeat
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -158,6 +159,7 @@ class FusedPlan:
     """
 
     params: list[Tensor]
+    dtype: torch.dtype  # of the parameters' local tensors
     like: np.ndarray
     numels: np.ndarray
     slots: list[np.ndarray | None]
@@ -173,7 +175,6 @@ class FusedPlan:
     param_addresses: np.ndarray | None = None
     state_mapping: Mapping | None = None
     state_values: list[dict] = field(default_factory=list)
-    checked_grads: list[Tensor] = field(default_factory=list)
     distributed: bool = False
 
     def addresses(self, grads: list[Tensor], states: Mapping[Tensor, dict]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -195,16 +196,34 @@ class FusedPlan:
         param_addresses = np.fromiter(map(Tensor.data_ptr, locals_), np.int64, len(params))
         if not np.array_equal(param_addresses, self.param_addresses):
             return None
-        if not (len(grads) == len(self.checked_grads) and all(map(operator.is_, grads, self.checked_grads))):
-            dtype = locals_[0].dtype
-            if not (
-                all(g.layout is torch.strided and g.dtype is dtype and g.device.type == "cpu" for g in grad_locals)
-                and all(map(Tensor.is_contiguous, grad_locals))
-                and np.array_equal(np.fromiter(map(Tensor.numel, grad_locals), np.int64, len(params)), self.numels)
-            ):
-                return None
-            self.checked_grads = grads
+        # Checked every step, even for last step's gradient objects: ``grad.data = ...``,
+        # ``set_`` and ``resize_`` change a tensor in place.
+        if not _dense_like(grad_locals, self.dtype, self.numels):
+            return None
         return param_addresses, np.fromiter(map(Tensor.data_ptr, grad_locals), np.int64, len(params))
+
+
+_dtype_of = operator.attrgetter("dtype")
+_is_cpu = operator.attrgetter("is_cpu")
+
+
+def _dense_like(tensors: list[Tensor], dtype: torch.dtype, numels: np.ndarray) -> bool:
+    """Every tensor is a contiguous CPU tensor of ``dtype`` with ``numels`` elements.
+
+    The gradient setter already enforces dtype, device and size, but ``grad.data = ...``
+    bypasses it, and reading past a tensor's end must be impossible. Attribute reads
+    mapped over the list cost a fraction of a per-tensor Python expression.
+    """
+    try:
+        contiguous = all(map(Tensor.is_contiguous, tensors))  # False for sparse COO
+    except RuntimeError:  # other layouts (sparse CSR, mkldnn) have no strides
+        return False
+    return (
+        contiguous
+        and all(map(operator.is_, map(_dtype_of, tensors), repeat(dtype)))
+        and all(map(_is_cpu, tensors))
+        and np.array_equal(np.fromiter(map(Tensor.numel, tensors), np.int64, len(tensors)), numels)
+    )
 
 
 class GroupLayout(NamedTuple):
@@ -213,6 +232,7 @@ class GroupLayout(NamedTuple):
     with_grad: list[Tensor]
     plans: list[FusedPlan]
     rest: list[Tensor]
+    ineligible: list[Tensor]  # in ``rest`` only for their tensors' layout or dtype, which may change
 
 
 def plan(
@@ -240,7 +260,7 @@ def plan(
     param_states = [states.get(p, {}) for p in params]
     if not all(_state_usable(s, p, slot_names, step_dtype) for s, p in zip(param_states, params)):
         return None
-    storage = STORAGE_TYPES[local_tensor(params[0]).dtype]
+    dtype = local_tensor(params[0]).dtype
     numels = np.array([local_tensor(p).numel() for p in params], np.int64)
     slots = np.zeros((SLOT_COUNT, len(params)), np.int64)
     positions = [rule.slots.index(name) for name in slot_names]
@@ -258,7 +278,7 @@ def plan(
     items, starts, ends = _work_items(numels)
     entry_states, entry_names, entry_values = (list(column) for column in zip(*entries)) if entries else ([], [], [])
     return FusedPlan(
-        list(params), np.zeros(0, storage), numels, slot_arrays,
+        list(params), dtype, np.zeros(0, STORAGE_TYPES[dtype]), numels, slot_arrays,
         step_addresses, step_like, items, starts, ends, fresh, entry_states, entry_names, entry_values,
         param_addresses=np.array([local_tensor(p).data_ptr() for p in params], np.int64),
         state_mapping=states,
@@ -281,7 +301,7 @@ def fused_step(
     was all zeros and whose value still changed (weight decay, momentum)."""
     params = plan.params
     param_addresses, grad_addresses = addresses
-    compute = COMPUTE_TYPES[local_tensor(params[0]).dtype]
+    compute = COMPUTE_TYPES[plan.dtype]
     decay = _cast(decay_coefficients(hp, decoupled=decoupled_weight_decay), compute)
     zero_grad = np.flatnonzero(_all_zero(grad_addresses, plan.numels, plan.like)) if report_moved else []
     before = [params[i].detach().clone() for i in zero_grad]

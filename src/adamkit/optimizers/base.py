@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import math
 import operator
 import warnings
+from itertools import repeat
 
 import torch
 from torch import Tensor
@@ -22,6 +23,9 @@ from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 from adamkit.kernels import eager_step, fused_cpu
 from adamkit.rules import Rule
 from adamkit.state import allocate_flat_state
+
+
+_grad_of = operator.attrgetter("grad")
 
 
 def scalar_dtype(fused: bool | None = None) -> torch.dtype:
@@ -127,8 +131,7 @@ class RuleOptimizer(Optimizer):
         self.last_step_kernels: dict[str, int] = {}
         if self.eager_state:
             for group in self.param_groups:
-                for p in group["params"]:
-                    self.state[p] = self.new_state(p, group)
+                self._create_state(group["params"], group)
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -225,6 +228,22 @@ class RuleOptimizer(Optimizer):
         state.update(self.init_state(param, group))
         return state
 
+    def _create_state(self, params: list[Tensor], group: dict[str, Any]) -> None:
+        """Give ``params`` (of ``group``) their initial state now, not at their first step;
+        in flat buffers where the fused kernel will use it."""
+        created: dict[int, dict[str, Tensor]] = {}
+        if self.uses_fused_kernel(group):
+            batches: dict[torch.dtype, list[Tensor]] = {}
+            for p in params:
+                if fused_cpu.eligible(p, p):
+                    batches.setdefault(p.dtype, []).append(p)
+            fills = {name: fill for name, fill in self.state_fills(group).items() if fill is not None}
+            step_dtype = scalar_dtype(group.get("fused")) if self.counts_steps else None
+            for batch in batches.values():
+                created.update(zip(map(id, batch), allocate_flat_state(batch, fills, step_dtype=step_dtype)))
+        for p in params:
+            self.state[p] = created.get(id(p)) or self.new_state(p, group)
+
     def _params_with_grad(self, group: dict[str, Any], candidates: list[Tensor] | None = None) -> list[Tensor]:
         params = []
         for p in group["params"] if candidates is None else candidates:
@@ -291,12 +310,16 @@ class RuleOptimizer(Optimizer):
         """
         if params is None:
             params = [p for group in self.param_groups for p in group["params"]]
+        by_group: dict[int, tuple[dict[str, Any], list[Tensor]]] = {}
         for p in params:
             group = self._group_of(p)
+            by_group.setdefault(id(group), (group, []))[1].append(p)
+        for group, group_params in by_group.values():
             if self.eager_state:
-                self.state[p] = self.new_state(p, group)
+                self._create_state(group_params, group)
             else:
-                self.state.pop(p, None)
+                for p in group_params:
+                    self.state.pop(p, None)
 
     def _unfrozen_with_grad(self) -> list[Tensor]:
         return [p for group in self.param_groups for p in group["params"] if p.grad is not None and p not in self.frozen]
@@ -361,21 +384,23 @@ class RuleOptimizer(Optimizer):
         """Step the group's fused-eligible parameters. Returns the rest, for the eager
         kernel, and the stepped ones whose all-zero gradient did not keep them still."""
         frozen = self.frozen
-        params = group["params"]
-        grads = [p.grad for p in params]
-        active = [(p, g) for p, g in zip(params, grads) if g is not None and not (frozen and p in frozen)]
-        with_grad = [p for p, _ in active]
+        with_grad = group["params"]
+        grads = list(map(_grad_of, with_grad))
+        if frozen or any(map(operator.is_, grads, repeat(None))):
+            active = [(p, g) for p, g in zip(with_grad, grads) if g is not None and p not in frozen]
+            with_grad, grads = [p for p, _ in active], [g for _, g in active]
         layout = self._plans.get(id(group))
         steps = None
         if (
             layout is not None
             and len(layout.with_grad) == len(with_grad)
             and all(map(operator.is_, layout.with_grad, with_grad))
+            and not any(fused_cpu.eligible(p, p.grad) for p in layout.ineligible)
         ):
-            steps = self._addresses(layout, active)
+            steps = self._addresses(layout, with_grad, grads)
         if steps is None or any(addresses is None for _, addresses in steps):
-            layout = self._lay_out(group, with_grad)
-            steps = self._addresses(layout, active)
+            layout = self._lay_out(group, list(with_grad))
+            steps = self._addresses(layout, with_grad, grads)
             layout.rest.extend(p for plan, addresses in steps if addresses is None for p in plan.params)
             steps = [(plan, addresses) for plan, addresses in steps if addresses is not None]
         moved = []
@@ -391,21 +416,22 @@ class RuleOptimizer(Optimizer):
             self.last_step_kernels["fused_cpu"] = self.last_step_kernels.get("fused_cpu", 0) + len(plan.params)
         return layout.rest, moved
 
-    def _addresses(self, layout: fused_cpu.GroupLayout, active: list[tuple[Tensor, Tensor]]) -> list[tuple]:
+    def _addresses(self, layout: fused_cpu.GroupLayout, with_grad: list[Tensor], grads: list[Tensor]) -> list[tuple]:
         if len(layout.plans) == 1 and not layout.rest:
-            return [(layout.plans[0], layout.plans[0].addresses([g for _, g in active], self.state))]
-        grad_of = {id(p): g for p, g in active}
+            return [(layout.plans[0], layout.plans[0].addresses(grads, self.state))]
+        grad_of = dict(zip(map(id, with_grad), grads))
         return [(plan, plan.addresses([grad_of[id(p)] for p in plan.params], self.state)) for plan in layout.plans]
 
     def _lay_out(self, group: dict[str, Any], with_grad: list[Tensor]) -> fused_cpu.GroupLayout:
         """Sort ``with_grad`` into one fused plan per dtype and the rest, and remember that."""
         by_dtype: dict[torch.dtype, list[Tensor]] = {}
-        rest = []
+        ineligible = []
         for p in with_grad:
             if fused_cpu.eligible(p, p.grad):
                 by_dtype.setdefault(p.dtype, []).append(p)
             else:
-                rest.append(p)
+                ineligible.append(p)
+        rest = list(ineligible)
         step_dtype = scalar_dtype(group.get("fused")) if self.counts_steps else None
         plans = []
         for params in by_dtype.values():
@@ -416,7 +442,7 @@ class RuleOptimizer(Optimizer):
                 plans.append(plan)
         for plan in plans:  # each plan saw the state before the next one added to it
             plan.state_values = list(self.state.values())
-        layout = fused_cpu.GroupLayout(with_grad, plans, rest)
+        layout = fused_cpu.GroupLayout(with_grad, plans, rest, ineligible)
         self._plans[id(group)] = layout
         return layout
 
