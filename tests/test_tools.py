@@ -1,7 +1,6 @@
 """The everyday tools: adamkit.trace, the 2-D problems, and adamkit explain / compare / trajectories."""
 
 import csv
-import importlib
 import json
 import os
 
