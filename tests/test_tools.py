@@ -294,3 +294,43 @@ def test_every_command_takes_quiet():
     for command in ("train", "explain", "compare", "trajectories"):
         assert parser.parse_args([command, "--quiet"]).quiet
     assert progress_bar(10, quiet=True, unit="step").disable
+
+
+# --- adamkit bench ---------------------------------------------------------------
+
+
+def test_bench_json_has_every_implementation_and_shape_with_consistent_figures(capsys):
+    main(["bench", "--sizes", "3x1000", "2x5000", "--repeats", "2", "--warmup", "1", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["stream_gb_per_s"] > 0 and "torch" in report["machine"]
+    results = report["results"]
+    assert {(r["shape"], r["implementation"]) for r in results} == {
+        (shape, name) for shape in ("3 x 1000", "2 x 5000") for name in ("adamkit", "torch for-loop", "torch foreach", "torch fused")
+    }
+    for r in results:
+        params = 3000 if r["shape"] == "3 x 1000" else 10000
+        assert r["ms"] > 0 and r["dtype"] == "float32"
+        assert r["gb_per_s"] == pytest.approx(7 * 4 * params / r["ms"] / 1e6)
+
+
+def test_bench_table_shows_speedups_against_adamkit(capsys):
+    main(["bench", "--sizes", "2x100", "--repeats", "1", "--warmup", "1", "--implementations", "adamkit", "torch fused"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("machine: ") and "stream bandwidth" in lines[1]
+    fused = next(line for line in lines if "torch fused" in line)
+    assert fused.rstrip().endswith("x")
+
+
+def test_bench_times_every_implementation_on_the_same_parameters():
+    from adamkit import benchmark
+
+    shape = benchmark.parse_shape("2x300")
+    first, second = benchmark.make_params(shape, torch.float32), benchmark.make_params(shape, torch.float32)
+    assert all(torch.equal(a, b) and torch.equal(a.grad, b.grad) and a is not b for a, b in zip(first, second))
+    times = benchmark.time_steps(["adamkit", "torch for-loop"], shape, torch.float32, repeats=3, warmup=1)
+    assert set(times) == {"adamkit", "torch for-loop"} and all(ms > 0 for ms in times.values())
+
+
+def test_bench_refuses_a_bad_shape_naming_it(capsys):
+    message = usage_error(capsys, "bench", "--sizes", "4by10")
+    assert "'4by10'" in message and "TENSORSxELEMENTS" in message

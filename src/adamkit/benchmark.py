@@ -1,7 +1,7 @@
 """Step-time benchmarks of adamkit's Adam against torch.optim.Adam on the same tensors.
 
 A figure is the median of repeated steps after warm-up; every ratio compares two
-optimizers timed in the same run. The limit is the machine's measured stream
+optimizers timed in the same run, taking turns step by step. The limit is the machine's measured stream
 bandwidth for the bytes an Adam step must move (param, grad, m, v read; param, m, v
 written: 7 elements per parameter).
 
@@ -71,16 +71,32 @@ def median_ms(step: Callable[[], object], repeats: int, warmup: int) -> float:
     return statistics.median(times)
 
 
-def time_step(make_optimizer: Callable, shape: Shape, dtype: torch.dtype, repeats: int, warmup: int) -> float:
-    """Median ms of one ``step()`` over ``shape`` (gradients fixed, so only the step is timed)."""
+def make_params(shape: Shape, dtype: torch.dtype) -> list[torch.nn.Parameter]:
+    """``shape``'s parameters with fixed gradients (so only the step is timed), the same for every call."""
     generator = torch.Generator().manual_seed(0)
     params = []
     for _ in range(shape.tensors):
         p = torch.nn.Parameter(torch.randn(shape.elements, generator=generator).to(dtype))
         p.grad = torch.randn(shape.elements, generator=generator).to(dtype) * 1e-3
         params.append(p)
-    optimizer = make_optimizer(params)
-    return median_ms(optimizer.step, repeats, warmup)
+    return params
+
+
+def time_steps(names: list[str], shape: Shape, dtype: torch.dtype, repeats: int, warmup: int) -> dict[str, float]:
+    """Median ms of one ``step()`` per implementation, each on its own copy of ``shape``.
+
+    The implementations take turns step by step, so a slow spell of the machine (a
+    shared VM's bandwidth drifts by 10-20% over minutes) falls on all of them alike.
+    """
+    optimizers = {name: IMPLEMENTATIONS[name](make_params(shape, dtype)) for name in names}
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for index in range(warmup + repeats):
+        for name, optimizer in optimizers.items():
+            start = time.perf_counter()
+            optimizer.step()
+            if index >= warmup:
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -125,8 +141,7 @@ def run(shapes: list[Shape], dtype: torch.dtype, implementations: list[str], rep
     element_size = torch.finfo(dtype).bits // 8
     results = []
     for shape in shapes:
-        for name in implementations:
-            ms = time_step(IMPLEMENTATIONS[name], shape, dtype, repeats, warmup)
-            moved = ELEMENTS_MOVED_PER_PARAM * element_size * shape.params
+        moved = ELEMENTS_MOVED_PER_PARAM * element_size * shape.params
+        for name, ms in time_steps(implementations, shape, dtype, repeats, warmup).items():
             results.append(Result(shape.label, str(dtype).removeprefix("torch."), name, ms, moved / ms / 1e6))
     return results
