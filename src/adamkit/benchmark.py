@@ -29,7 +29,7 @@ import adamkit
 ELEMENTS_MOVED_PER_PARAM = 7
 DEFAULT_SHAPES = ("4x4194304", "4x16777216", "2000x4096")
 IMPLEMENTATIONS: dict[str, Callable] = {
-    "adamkit": lambda params: adamkit.Adam(params, lr=1e-3, warn_zero_grad_update=False),
+    "adamkit": lambda params: adamkit.Adam(params, lr=1e-3),
     "torch for-loop": lambda params: torch.optim.Adam(params, lr=1e-3, foreach=False),
     "torch foreach": lambda params: torch.optim.Adam(params, lr=1e-3, foreach=True),
     "torch fused": lambda params: torch.optim.Adam(params, lr=1e-3, fused=True),
