@@ -212,6 +212,29 @@ def test_zero_grad_warning_comes_from_the_fused_pass():
         quiet.step()  # zero grad, no decay, no momentum: nothing moves, nothing to say
 
 
+def test_zero_grad_parameters_are_watched_in_their_own_pass_with_the_same_results():
+    """Watching all-zero-gradient parameters for movement changes nothing else: the
+    same bits as with the warning off, and only the parameter that moved is named."""
+    def run(warn):
+        g = torch.Generator().manual_seed(3)
+        params = [torch.nn.Parameter(torch.randn(n, generator=g)) for n in (3 * fused_cpu.WORK_ITEM_ELEMENTS + 5, 7, 11)]
+        opt = adamkit.AdamW(params, lr=0.1, weight_decay=0.5, warn_zero_grad_update=warn)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for step in range(3):
+                for p in params:
+                    p.grad = torch.randn(p.shape, generator=g)
+                params[1].grad = torch.zeros(7)
+                opt.step()
+        assert opt.last_step_kernels == {"fused_cpu": 3}
+        return params, opt, [str(w.message) for w in caught]
+
+    watched, opt, messages = run(warn=True)
+    unwatched, other, silent = run(warn=False)
+    assert len(messages) == 1 and "shape (7,)" in messages[0] and not silent
+    assert_bitwise_equal(unwatched, watched, other, opt)
+
+
 def test_skip_nonfinite_checks_fused_gradients():
     params = _params(torch.float32)
     opt = adamkit.Adam(params, lr=0.01, skip_nonfinite=True)

@@ -41,12 +41,13 @@ def _compiled(update):
 
 
 @njit(parallel=True, **_JIT)
-def _fused_pass(update, decay, c, like, params, grads, slot0, slot1, slot2, items, starts, ends):
+def _fused_pass(update, decay, c, like, params, grads, slot0, slot1, slot2, items, starts, ends, changed):
     """Run ``update`` over every element of the work items.
 
     A slot the parameters lack is None: numba then compiles that slot's code away (a
     store that might alias the gradient would keep the loop from vectorizing), and the
-    rule reads the gradient in its place and never uses it.
+    rule reads the gradient in its place and never uses it. Unless ``changed`` is None
+    (also compiled away), it records per work item whether any parameter element changed.
     """
     for w in prange(items.shape[0]):
         t = items[w]
@@ -55,6 +56,7 @@ def _fused_pass(update, decay, c, like, params, grads, slot0, slot1, slot2, item
         s0 = g if slot0 is None else pointer(slot0[t], like)
         s1 = g if slot1 is None else pointer(slot1[t], like)
         s2 = g if slot2 is None else pointer(slot2[t], like)
+        moved = False
         for i in range(starts[w], ends[w]):
             old = load(p, i)
             grad = load(g, i)
@@ -67,6 +69,10 @@ def _fused_pass(update, decay, c, like, params, grads, slot0, slot1, slot2, item
                 store(s1, i, y1)
             if slot2 is not None:
                 store(s2, i, y2)
+            if changed is not None:
+                moved |= load(p, i) != old  # as stored: bf16/fp16 rounding may keep it
+        if changed is not None:
+            changed[w] = moved
 
 
 @njit(**_JIT)
@@ -303,22 +309,33 @@ def fused_step(
     param_addresses, grad_addresses = addresses
     compute = COMPUTE_TYPES[plan.dtype]
     decay = _cast(decay_coefficients(hp, decoupled=decoupled_weight_decay), compute)
-    zero_grad = np.flatnonzero(_all_zero(grad_addresses, plan.numels, plan.like)) if report_moved else []
-    before = [params[i].detach().clone() for i in zero_grad]
+    # Parameters with an all-zero gradient run in a pass that also notes what changed;
+    # the rest (nearly always all of them) in one that does not, at full speed.
+    watched = _all_zero(grad_addresses, plan.numels, plan.like) if report_moved else np.zeros(len(params), np.bool_)
     counts_steps = plan.step_addresses is not None
     steps = _advance_steps(plan.step_addresses, plan.step_like) if counts_steps else np.zeros(len(params))
     keys = np.stack([steps, plan.fresh])
     plan.fresh = np.zeros(len(params), np.bool_)
+    moved = np.zeros(len(params), np.bool_)
     uniform = (keys == keys[:, :1]).all()
     for step, fresh in (keys[:, :1] if uniform else np.unique(keys, axis=1)).T:
         c = _cast(rule.coefficients(hp, float(step) if counts_steps else None, bool(fresh)), compute)
         # Parameters whose step counts differ (one added later) need their own coefficients.
-        chosen = slice(None) if uniform else np.flatnonzero(((keys[0] == step) & (keys[1] == fresh))[plan.items])
-        _fused_pass(
-            _compiled(rule.update), decay, c, plan.like, param_addresses, grad_addresses, *plan.slots,
-            plan.items[chosen], plan.starts[chosen], plan.ends[chosen],
-        )
-    return [params[i] for i, old in zip(zero_grad, before) if not torch.equal(params[i].detach(), old)]
+        same_key = (keys[0] == step) & (keys[1] == fresh)
+        for watch in (False, True):
+            tensors = same_key & (watched == watch)
+            if not tensors.any():
+                continue
+            chosen = slice(None) if tensors.all() else np.flatnonzero(tensors[plan.items])
+            items = plan.items[chosen]
+            changed = np.zeros(len(items), np.bool_) if watch else None
+            _fused_pass(
+                _compiled(rule.update), decay, c, plan.like, param_addresses, grad_addresses, *plan.slots,
+                items, plan.starts[chosen], plan.ends[chosen], changed,
+            )
+            if watch:
+                moved[items[changed]] = True
+    return [params[i] for i in np.flatnonzero(moved)]
 
 
 def _cast(coefficients, compute):
