@@ -287,3 +287,23 @@ def test_adagrad_state_made_at_construction_is_flat():
     opt.reset_state(params[:3])
     assert len({opt.state[p]["sum"].untyped_storage().data_ptr() for p in params[:3]}) == 1
     assert opt.state[params[0]]["sum"].untyped_storage().data_ptr() != opt.state[params[4]]["sum"].untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("bad", ["dense", "transposed", "sparse"])
+def test_skip_nonfinite_sees_every_gradient_layout(bad):
+    g = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(4, 6, generator=g)) for _ in range(3)]
+    opt = adamkit.SGD(params, lr=0.1, skip_nonfinite=True)
+    for p in params:
+        p.grad = torch.randn(4, 6, generator=g)
+    params[1].grad = params[1].grad.t().contiguous().t()
+    params[2].grad = params[2].grad.to_sparse()
+    target = {"dense": params[0], "transposed": params[1], "sparse": params[2]}[bad]
+    if bad == "sparse":
+        target.grad = torch.sparse_coo_tensor(torch.tensor([[1], [2]]), torch.tensor([float("nan")]), (4, 6))
+    else:
+        target.grad[1, 2] = float("inf")
+    before = [p.detach().clone() for p in params]
+    with pytest.warns(UserWarning, match="skipped a step"):
+        opt.step()
+    assert opt.skipped_steps == 1 and all(torch.equal(p, b) for p, b in zip(params, before))

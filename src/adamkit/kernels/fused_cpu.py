@@ -102,15 +102,16 @@ def _all_zero(addresses, numels, like):
 
 
 @njit(parallel=True, **_JIT)
-def _all_finite(addresses, numels, like):
-    finite = np.ones(addresses.shape[0], np.bool_)
-    for t in prange(addresses.shape[0]):
-        g = pointer(addresses[t], like)
-        for i in range(numels[t]):
+def _all_finite(addresses, items, starts, ends, like):
+    """Per work item: every element is finite. No early exit, so the loop vectorizes."""
+    finite = np.ones(items.shape[0], np.bool_)
+    for w in prange(items.shape[0]):
+        g = pointer(addresses[items[w]], like)
+        bad = False
+        for i in range(starts[w], ends[w]):
             x = load(g, i)
-            if not (x - x == 0):
-                finite[t] = False
-                break
+            bad |= x - x != 0  # NaN for NaN and for +-Inf
+        finite[w] = not bad
     return finite
 
 
@@ -345,14 +346,29 @@ def _cast(coefficients, compute):
     )
 
 
+def readable(tensors: Sequence[Tensor]) -> list[bool]:
+    """Per tensor: a numba kernel can read it (contiguous, on the CPU, of a supported dtype)."""
+    locals_ = list(map(local_tensor, tensors))
+    try:
+        if (
+            all(map(Tensor.is_contiguous, locals_))
+            and all(map(_is_cpu, locals_))
+            and set(map(_dtype_of, locals_)) <= STORAGE_TYPES.keys()
+        ):
+            return [True] * len(locals_)
+    except RuntimeError:  # a layout without strides: sort them out one by one
+        pass
+    return [_laid_out_like(t, t) and t.dtype in STORAGE_TYPES for t in locals_]
+
+
 def all_finite(grads: Sequence[Tensor]) -> bool:
-    """Whether every element of ``grads`` (all eligible for the fused kernel) is finite."""
+    """Whether every element of ``grads`` (all ``readable``) is finite."""
     by_dtype: dict[torch.dtype, list[Tensor]] = {}
-    for grad in grads:
-        by_dtype.setdefault(grad.dtype, []).append(local_tensor(grad))
+    for grad in map(local_tensor, grads):
+        by_dtype.setdefault(grad.dtype, []).append(grad)
     for dtype, tensors in by_dtype.items():
-        addresses = np.array([t.data_ptr() for t in tensors], np.int64)
-        numels = np.array([t.numel() for t in tensors], np.int64)
-        if not _all_finite(addresses, numels, np.zeros(0, STORAGE_TYPES[dtype])).all():
+        addresses = np.fromiter(map(Tensor.data_ptr, tensors), np.int64, len(tensors))
+        numels = np.fromiter(map(Tensor.numel, tensors), np.int64, len(tensors))
+        if not _all_finite(addresses, *_work_items(numels), np.zeros(0, STORAGE_TYPES[dtype])).all():
             return False
     return True

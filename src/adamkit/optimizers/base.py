@@ -347,10 +347,11 @@ class RuleOptimizer(Optimizer):
 
     def _grads_finite(self) -> bool:
         """Whether every unfrozen gradient is finite; the fused kernel's check where it applies."""
-        fused, other = [], []
-        for p in self._unfrozen_with_grad():
-            (fused if fused_cpu.eligible(p, p.grad) else other).append(p)
-        return fused_cpu.all_finite([p.grad for p in fused]) and all(
+        params = self._unfrozen_with_grad()
+        grads = list(map(_grad_of, params))
+        flags = fused_cpu.readable(grads)
+        other = [p for p, readable in zip(params, flags) if not readable]
+        return fused_cpu.all_finite([g for g, readable in zip(grads, flags) if readable]) and all(
             math.isfinite(low) and math.isfinite(high) for low, high in self._grad_extremes(other).values()
         )
 
