@@ -52,5 +52,5 @@ def test_eager_step_allocates_chunks_not_whole_tensors():
     """foreach=False keeps torch's for-loop order, but its temporaries are chunk-sized
     (``adamkit.kernels.eager.CHUNK_ELEMENTS``), not the size of each parameter as in torch."""
     ours, torchs = _measure("adamkit.Adam-eager"), _measure("torch.optim.Adam-for-loop")
-    assert _excess(ours)[0] < ours["largest_param"] / 2
+    assert _excess(ours)[0] < ours["largest_param"]  # less than one parameter-sized temporary
     assert _excess(torchs)[0] > torchs["largest_param"]
