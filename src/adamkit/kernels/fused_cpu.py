@@ -214,21 +214,24 @@ _dtype_of = operator.attrgetter("dtype")
 _is_cpu = operator.attrgetter("is_cpu")
 
 
+def _contiguous_on_cpu(tensors: Sequence[Tensor]) -> bool:
+    """Every tensor is contiguous and on the CPU. Attribute reads mapped over the list
+    cost a fraction of a per-tensor Python expression."""
+    try:
+        return all(map(Tensor.is_contiguous, tensors)) and all(map(_is_cpu, tensors))  # False for sparse COO
+    except RuntimeError:  # other layouts (sparse CSR, mkldnn) have no strides
+        return False
+
+
 def _dense_like(tensors: list[Tensor], dtype: torch.dtype, numels: np.ndarray) -> bool:
     """Every tensor is a contiguous CPU tensor of ``dtype`` with ``numels`` elements.
 
     The gradient setter already enforces dtype, device and size, but ``grad.data = ...``
-    bypasses it, and reading past a tensor's end must be impossible. Attribute reads
-    mapped over the list cost a fraction of a per-tensor Python expression.
+    bypasses it, and reading past a tensor's end must be impossible.
     """
-    try:
-        contiguous = all(map(Tensor.is_contiguous, tensors))  # False for sparse COO
-    except RuntimeError:  # other layouts (sparse CSR, mkldnn) have no strides
-        return False
     return (
-        contiguous
+        _contiguous_on_cpu(tensors)
         and all(map(operator.is_, map(_dtype_of, tensors), repeat(dtype)))
-        and all(map(_is_cpu, tensors))
         and np.array_equal(np.fromiter(map(Tensor.numel, tensors), np.int64, len(tensors)), numels)
     )
 
@@ -349,16 +352,9 @@ def _cast(coefficients, compute):
 def readable(tensors: Sequence[Tensor]) -> list[bool]:
     """Per tensor: a numba kernel can read it (contiguous, on the CPU, of a supported dtype)."""
     locals_ = list(map(local_tensor, tensors))
-    try:
-        if (
-            all(map(Tensor.is_contiguous, locals_))
-            and all(map(_is_cpu, locals_))
-            and set(map(_dtype_of, locals_)) <= STORAGE_TYPES.keys()
-        ):
-            return [True] * len(locals_)
-    except RuntimeError:  # a layout without strides: sort them out one by one
-        pass
-    return [_laid_out_like(t, t) and t.dtype in STORAGE_TYPES for t in locals_]
+    if _contiguous_on_cpu(locals_) and set(map(_dtype_of, locals_)) <= STORAGE_TYPES.keys():
+        return [True] * len(locals_)
+    return [eligible(t, t) for t in locals_]
 
 
 def all_finite(grads: Sequence[Tensor]) -> bool:
