@@ -4,12 +4,43 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 
-# torch's CPU for-loop takes sqrt from MKL, which is not correctly rounded; adamkit's
-# eager kernel makes the same calls, so bit-for-bit comparisons with torch use it.
+# torch's CPU for-loop takes sqrt from MKL or SLEEF, which is not correctly rounded (how
+# often it is an ulp off depends on the CPU: 0.75% of fp32 results on one Xeon, 15.7% on
+# one EPYC), and its bias corrections from the C library's pow. adamkit's eager kernel
+# (foreach=False) makes the same calls, so it is compared with torch bit for bit; the
+# default kernel rounds both correctly, so it is compared within ULP_BOUND.
 EAGER = {"foreach": False}
+KERNELS = {"for-loop": EAGER, "default": {}}
+
+# The largest difference between the default kernel and torch's for-loop that the suite
+# allows, in ulps of each tensor's largest magnitude. Measured on a 2-core AMD EPYC
+# (where torch's sqrt is off most often) over the suite's 2000 such comparisons: at most
+# 1.7 ulps where gradients do not depend on the parameters, up to 17.6 ulps where they
+# do and the run is long (exp_avg after 30 steps of a ReLU net at lr 0.1).
+ULP_BOUND = 32
+
+
+def ulps_apart(expected: torch.Tensor, actual: torch.Tensor) -> float:
+    """max |expected - actual| in ulps of expected's largest magnitude."""
+    expected, actual = expected.detach(), actual.detach()
+    if torch.is_complex(expected):
+        expected, actual = torch.view_as_real(expected), torch.view_as_real(actual)
+    finfo = torch.finfo(expected.dtype)
+    scale = max(expected.abs().max().item() if expected.numel() else 0.0, finfo.tiny)
+    return ((expected - actual).abs().max().item() if expected.numel() else 0.0) / (finfo.eps * scale)
+
+
+def assert_matches(expected: torch.Tensor, actual: torch.Tensor, kernel: str, what: str = "") -> None:
+    """Bit for bit for the for-loop kernel; within ULP_BOUND for the default one."""
+    assert expected.dtype == actual.dtype and expected.shape == actual.shape, what
+    if kernel == "for-loop" or not torch.is_floating_point(expected) and not torch.is_complex(expected):
+        assert torch.equal(expected, actual), (what, (expected - actual).abs().max())
+    else:
+        assert ulps_apart(expected, actual) <= ULP_BOUND, (what, ulps_apart(expected, actual))
 
 
 def make_params(dtype, *, complex_=False, contiguous=True, seed=0):
@@ -76,3 +107,24 @@ def assert_bitwise_equal(theirs, ours, opt_t, opt_a):
             assert st[key].dtype == sa[key].dtype, key
             assert st[key].device == sa[key].device, key
             assert torch.equal(st[key], sa[key]), key
+
+
+def assert_matches_torch(theirs, ours, opt_t, opt_a, kernel):
+    """``assert_bitwise_equal`` for the for-loop kernel; within ULP_BOUND for the default
+    kernel, with the same state structure and bit-equal step counts."""
+    for pt, pa in zip(theirs, ours, strict=True):
+        assert_matches(pt, pa, kernel, "param")
+        st, sa = opt_t.state[pt], opt_a.state[pa]
+        assert list(st) == list(sa)
+        for key in st:
+            assert st[key].device == sa[key].device, key
+            assert_matches(st[key], sa[key], "for-loop" if key == "step" else kernel, key)
+
+
+def assert_losses_match(expected: list[float], actual: list[float], kernel: str) -> None:
+    """Loss curves: equal for the for-loop kernel; within ULP_BOUND fp32 ulps for the default one."""
+    if kernel == "for-loop":
+        assert actual == expected
+    else:
+        tolerance = ULP_BOUND * torch.finfo(torch.float32).eps
+        assert actual == pytest.approx(expected, rel=tolerance, abs=tolerance)

@@ -8,6 +8,7 @@ closures, differentiable mode and the step counter's dtype.
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import warnings
 
@@ -19,7 +20,7 @@ from torch.optim import lr_scheduler
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 import adamkit
-from parity import assert_bitwise_equal, grads_for, make_params
+from parity import KERNELS, assert_bitwise_equal, assert_losses_match, assert_matches, assert_matches_torch, grads_for, make_params
 
 PAIRS = [
     pytest.param(torch.optim.Adam, adamkit.Adam, id="Adam"),
@@ -54,11 +55,12 @@ def assert_same_outcome(torch_fn, adamkit_fn, *, expect_error=True):
     assert ours == theirs
 
 
-def same_params(a, b):
+def same_params(a, b, kernel="for-loop"):
+    """Equal for the for-loop kernel, within parity.ULP_BOUND for the default one."""
     a, b = list(a), list(b)
     assert len(a) == len(b)
     for x, y in zip(a, b):
-        assert torch.equal(x, y), (x - y).abs().max()
+        assert_matches(y, x, kernel)
 
 
 # --------------------------------------------------------------------------------------
@@ -178,12 +180,13 @@ def test_constructor_accepts_what_torch_accepts(torch_cls, adamkit_cls):
                 assert ours == value, key
 
 
-def test_tensor_betas_bitwise_equal_to_torch():
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_tensor_betas_match_torch(kernel):
     params = make_params(torch.float32)
 
-    def run(cls):
+    def run(cls, **kernel_kwargs):
         ps = [nn.Parameter(p.detach().clone()) for p in params]
-        opt = cls(ps, lr=0.01, betas=(torch.tensor(0.8), torch.tensor([0.99])), amsgrad=True)
+        opt = cls(ps, lr=0.01, betas=(torch.tensor(0.8), torch.tensor([0.99])), amsgrad=True, **kernel_kwargs)
         for step in range(5):
             for p, g in zip(ps, grads_for(ps, step)):
                 p.grad = g
@@ -191,8 +194,8 @@ def test_tensor_betas_bitwise_equal_to_torch():
         return ps, opt
 
     pt, ot = run(torch.optim.Adam)
-    pa, oa = run(adamkit.Adam)
-    assert_bitwise_equal(pt, pa, ot, oa)
+    pa, oa = run(adamkit.Adam, **KERNELS[kernel])
+    assert_matches_torch(pt, pa, ot, oa, kernel)
 
 
 # --------------------------------------------------------------------------------------
@@ -223,6 +226,12 @@ def train(model, opt, steps):
         opt.step()
 
 
+def set_foreach(opt, foreach):
+    """Pick the kernel of a loaded optimizer, or put torch's group value back to compare."""
+    for group in opt.param_groups:
+        group["foreach"] = foreach
+
+
 def roundtrip_bytes(state_dict):
     buf = io.BytesIO()
     torch.save(state_dict, buf)
@@ -230,8 +239,9 @@ def roundtrip_bytes(state_dict):
     return torch.load(buf, weights_only=True)
 
 
-def assert_state_dicts_equal(sd_t, sd_a):
-    """Same structure (keys, order, dtypes, shapes) and the same values."""
+def assert_state_dicts_equal(sd_t, sd_a, kernel="for-loop"):
+    """Same structure (keys, order, dtypes, shapes) and the same values (within
+    parity.ULP_BOUND for the default kernel; step counts always exactly)."""
     assert list(sd_a) == list(sd_t)
     assert len(sd_a["param_groups"]) == len(sd_t["param_groups"])
     for gt, ga in zip(sd_t["param_groups"], sd_a["param_groups"]):
@@ -245,17 +255,17 @@ def assert_state_dicts_equal(sd_t, sd_a):
             assert sa[name].dtype == st[name].dtype, name
             assert sa[name].shape == st[name].shape, name
             assert sa[name].device == st[name].device, name
-            assert torch.equal(sa[name], st[name]), name
+            assert_matches(st[name], sa[name], "for-loop" if name == "step" else kernel, name)
 
 
+@pytest.mark.parametrize("kernel", list(KERNELS))
 @pytest.mark.parametrize("via_bytes", [False, True], ids=["in-memory", "torch.save"])
 @pytest.mark.parametrize("direction", ["torch->adamkit", "adamkit->torch"])
 @pytest.mark.parametrize("amsgrad,weight_decay", [(False, 0.0), (True, 0.0), (False, 0.1), (True, 0.1)])
-def test_state_dict_interchange(direction, via_bytes, amsgrad, weight_decay):
+def test_state_dict_interchange(direction, via_bytes, amsgrad, weight_decay, kernel):
     kwargs = dict(lr=0.01, amsgrad=amsgrad, weight_decay=weight_decay)
-    first, second = (
-        (torch.optim.Adam, adamkit.Adam) if direction == "torch->adamkit" else (adamkit.Adam, torch.optim.Adam)
-    )
+    ours = functools.partial(adamkit.Adam, **KERNELS[kernel])
+    first, second = (torch.optim.Adam, ours) if direction == "torch->adamkit" else (ours, torch.optim.Adam)
 
     reference = make_mlp()
     reference_opt = torch.optim.Adam(reference.parameters(), **kwargs)
@@ -276,18 +286,40 @@ def test_state_dict_interchange(direction, via_bytes, amsgrad, weight_decay):
     resumed_opt.load_state_dict(checkpoint)
     assert resumed_opt.param_groups[0]["lr"] == 0.01
     assert resumed_opt.param_groups[0]["amsgrad"] is amsgrad
+    set_foreach(resumed_opt, KERNELS[kernel].get("foreach"))  # the checkpoint brought its own
 
     train(model, opt, range(5, 10))
     train(resumed, resumed_opt, range(5, 10))
 
-    same_params(model.parameters(), reference.parameters())
+    same_params(model.parameters(), reference.parameters(), kernel)
+    same_params(resumed.parameters(), reference.parameters(), kernel)
+    set_foreach(resumed_opt, None)
+    assert_state_dicts_equal(reference_opt.state_dict(), resumed_opt.state_dict(), kernel)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_default_kernel_resumes_bit_for_bit_from_its_checkpoint(amsgrad):
+    """Machine-independent: a run resumed from a saved (torch-format) checkpoint equals the
+    uninterrupted run exactly."""
+    reference = make_mlp()
+    reference_opt = adamkit.Adam(reference.parameters(), lr=0.01, amsgrad=amsgrad, weight_decay=0.1)
+    train(reference, reference_opt, range(10))
+    model = make_mlp()
+    opt = adamkit.Adam(model.parameters(), lr=0.01, amsgrad=amsgrad, weight_decay=0.1)
+    train(model, opt, range(5))
+    resumed = copy.deepcopy(model)
+    resumed_opt = adamkit.Adam(resumed.parameters(), lr=0.5)
+    resumed_opt.load_state_dict(roundtrip_bytes(opt.state_dict()))
+    train(resumed, resumed_opt, range(5, 10))
+    assert resumed_opt.last_step_kernels == {"fused_cpu": 4}
     same_params(resumed.parameters(), reference.parameters())
     assert_state_dicts_equal(reference_opt.state_dict(), resumed_opt.state_dict())
 
 
+@pytest.mark.parametrize("kernel", list(KERNELS))
 @pytest.mark.parametrize("torch_cls,adamkit_cls", PAIRS)
 @pytest.mark.parametrize("amsgrad", [False, True])
-def test_state_dict_structure_matches_torch(torch_cls, adamkit_cls, amsgrad):
+def test_state_dict_structure_matches_torch(torch_cls, adamkit_cls, amsgrad, kernel):
     model_t, model_a = make_mlp(), make_mlp()
     # The last bias never gets a gradient: it must have no state in either.
     model_t[2].bias.requires_grad_(False)
@@ -301,13 +333,15 @@ def test_state_dict_structure_matches_torch(torch_cls, adamkit_cls, amsgrad):
         {"params": list(model_a[2].parameters()), "lr": 0.02},
     ]
     opt_t = torch_cls(groups_t, lr=0.01, amsgrad=amsgrad)
-    opt_a = adamkit_cls(groups_a, lr=0.01, amsgrad=amsgrad)
+    opt_a = adamkit_cls(groups_a, lr=0.01, amsgrad=amsgrad, **KERNELS[kernel])
     train(model_t, opt_t, range(4))
     train(model_a, opt_a, range(4))
     sd_t, sd_a = opt_t.state_dict(), opt_a.state_dict()
     assert sorted(sd_t["state"]) == [0, 1, 2]
-    assert_state_dicts_equal(sd_t, sd_a)
-    assert_state_dicts_equal(roundtrip_bytes(sd_t), roundtrip_bytes(sd_a))
+    for group in sd_a["param_groups"]:
+        group["foreach"] = None  # the one key the kernel choice sets
+    assert_state_dicts_equal(sd_t, sd_a, kernel)
+    assert_state_dicts_equal(roundtrip_bytes(sd_t), roundtrip_bytes(sd_a), kernel)
 
 
 # --------------------------------------------------------------------------------------
@@ -326,8 +360,9 @@ def old_style(state_dict):
     return old
 
 
+@pytest.mark.parametrize("kernel", list(KERNELS))
 @pytest.mark.parametrize("default_dtype", [torch.float32, torch.float64])
-def test_old_checkpoint_loads_with_torch_defaults(default_dtype):
+def test_old_checkpoint_loads_with_torch_defaults(default_dtype, kernel):
     torch.set_default_dtype(default_dtype)
     source = make_mlp()
     source_opt = torch.optim.Adam(source.parameters(), lr=0.01, weight_decay=0.1)
@@ -354,13 +389,16 @@ def test_old_checkpoint_loads_with_torch_defaults(default_dtype):
         assert step.item() == 3.0
         assert step.dtype == opt_t.state[next(iter(opt_t.state))]["step"].dtype
 
+    set_foreach(opt_a, KERNELS[kernel].get("foreach"))
     train(model_t, opt_t, range(3, 8))
     train(model_a, opt_a, range(3, 8))
-    same_params(model_a.parameters(), model_t.parameters())
-    assert_state_dicts_equal(opt_t.state_dict(), opt_a.state_dict())
+    same_params(model_a.parameters(), model_t.parameters(), kernel)
+    set_foreach(opt_a, None)
+    assert_state_dicts_equal(opt_t.state_dict(), opt_a.state_dict(), kernel)
 
 
-def test_adamw_forces_decoupled_weight_decay_on_load():
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_adamw_forces_decoupled_weight_decay_on_load(kernel):
     source = make_mlp()
     source_opt = torch.optim.Adam(source.parameters(), lr=0.01, weight_decay=0.1)  # L2, not decoupled
     train(source, source_opt, range(3))
@@ -375,9 +413,10 @@ def test_adamw_forces_decoupled_weight_decay_on_load():
         opt_a.load_state_dict(copy.deepcopy(checkpoint_variant))
         assert opt_t.param_groups[0]["decoupled_weight_decay"] is True
         assert opt_a.param_groups[0]["decoupled_weight_decay"] is True
+        set_foreach(opt_a, KERNELS[kernel].get("foreach"))
         train(model_t, opt_t, range(3, 7))
         train(model_a, opt_a, range(3, 7))
-        same_params(model_a.parameters(), model_t.parameters())
+        same_params(model_a.parameters(), model_t.parameters(), kernel)
 
     # Decoupled decay really is in effect: an L2 run from the same checkpoint differs.
     model_l2 = copy.deepcopy(source)
@@ -431,7 +470,7 @@ def test_deepcopy_steps_independently(torch_cls, adamkit_cls):
         for p, g in zip(reference, grads_for(reference, step)):
             p.grad = g
         ref_opt.step()
-    assert_bitwise_equal(reference, params, ref_opt, opt)
+    assert_matches_torch(reference, params, ref_opt, opt, "default")
 
 
 # --------------------------------------------------------------------------------------
@@ -465,13 +504,14 @@ def hyper(opt):
     return [(g["lr"], tuple(g["betas"])) for g in opt.param_groups]
 
 
+@pytest.mark.parametrize("kernel", list(KERNELS))
 @pytest.mark.parametrize("name", list(SCHEDULERS))
-def test_scheduler_matches_torch(name):
+def test_scheduler_matches_torch(name, kernel):
     params = make_params(torch.float32)
     theirs = [nn.Parameter(p.detach().clone()) for p in params]
     ours = [nn.Parameter(p.detach().clone()) for p in params]
     opt_t = torch.optim.Adam(two_groups(theirs), lr=0.01)
-    opt_a = adamkit.Adam(two_groups(ours), lr=0.01)
+    opt_a = adamkit.Adam(two_groups(ours), lr=0.01, **KERNELS[kernel])
     sched_t, sched_a = SCHEDULERS[name](opt_t), SCHEDULERS[name](opt_a)
     assert hyper(opt_a) == hyper(opt_t)
 
@@ -490,14 +530,15 @@ def test_scheduler_matches_torch(name):
         assert hyper(opt_a) == hyper(opt_t), step
         assert sched_a.get_last_lr() == sched_t.get_last_lr()
         history.append(hyper(opt_a))
-        assert_bitwise_equal(theirs, ours, opt_t, opt_a)
+        assert_matches_torch(theirs, ours, opt_t, opt_a, kernel)
 
     assert len({h[0][0] for h in history}) > 2, "the schedule never moved the lr"
     if name == "OneCycleLR":
         assert len({h[0][1][0] for h in history}) > 2, "OneCycleLR never moved betas[0]"
 
 
-def test_manual_lr_edits_match_torch():
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_manual_lr_edits_match_torch(kernel):
     params = make_params(torch.float32)
 
     def schedule(opt, step):
@@ -508,7 +549,7 @@ def test_manual_lr_edits_match_torch():
     theirs = [nn.Parameter(p.detach().clone()) for p in params]
     ours = [nn.Parameter(p.detach().clone()) for p in params]
     opt_t = torch.optim.Adam(two_groups(theirs), lr=0.01, amsgrad=True)
-    opt_a = adamkit.Adam(two_groups(ours), lr=0.01, amsgrad=True)
+    opt_a = adamkit.Adam(two_groups(ours), lr=0.01, amsgrad=True, **KERNELS[kernel])
     for step in range(12):
         for pt, pa, g in zip(theirs, ours, grads_for(params, step)):
             pt.grad, pa.grad = g.clone(), g.clone()
@@ -518,16 +559,17 @@ def test_manual_lr_edits_match_torch():
         schedule(opt_a, step)
         assert hyper(opt_a) == hyper(opt_t)
     assert opt_a.param_groups[0]["lr"] == 0.01 * 0.9 * 0.9 * 0.9 * 0.9
-    assert_bitwise_equal(theirs, ours, opt_t, opt_a)
+    assert_matches_torch(theirs, ours, opt_t, opt_a, kernel)
 
 
+@pytest.mark.parametrize("kernel", list(KERNELS))
 @pytest.mark.parametrize("torch_cls,adamkit_cls", PAIRS)
-def test_add_param_group_mid_training_matches_torch(torch_cls, adamkit_cls):
+def test_add_param_group_mid_training_matches_torch(torch_cls, adamkit_cls, kernel):
     params = make_params(torch.float32)
     theirs = [nn.Parameter(p.detach().clone()) for p in params]
     ours = [nn.Parameter(p.detach().clone()) for p in params]
     opt_t = torch_cls(theirs[:2], lr=0.01)
-    opt_a = adamkit_cls(ours[:2], lr=0.01)
+    opt_a = adamkit_cls(ours[:2], lr=0.01, **KERNELS[kernel])
     for step in range(10):
         if step == 4:
             opt_t.add_param_group({"params": theirs[2:], "lr": 0.05, "betas": (0.8, 0.95)})
@@ -540,7 +582,7 @@ def test_add_param_group_mid_training_matches_torch(torch_cls, adamkit_cls):
         opt_a.step()
     assert opt_a.state[ours[2]]["step"].item() == 6.0
     assert opt_a.state[ours[0]]["step"].item() == 10.0
-    assert_bitwise_equal(theirs, ours, opt_t, opt_a)
+    assert_matches_torch(theirs, ours, opt_t, opt_a, kernel)
     with pytest.raises(ValueError, match="some parameters appear in more than one parameter group"):
         opt_a.add_param_group({"params": ours[:1]})
 
@@ -634,13 +676,14 @@ def test_state_dict_hooks_can_rewrite():
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("kernel", list(KERNELS))
 @pytest.mark.parametrize("torch_cls,adamkit_cls", PAIRS)
-def test_closure_runs_with_grad_under_no_grad(torch_cls, adamkit_cls):
+def test_closure_runs_with_grad_under_no_grad(torch_cls, adamkit_cls, kernel):
     x, y = batch(0)
 
-    def run(cls):
+    def run(cls, **kernel_kwargs):
         model = make_mlp()
-        opt = cls(model.parameters(), lr=0.01)
+        opt = cls(model.parameters(), lr=0.01, **kernel_kwargs)
         grad_modes = []
         returned = []
 
@@ -661,10 +704,10 @@ def test_closure_runs_with_grad_under_no_grad(torch_cls, adamkit_cls):
         return model, [r.item() for r in returned]
 
     model_t, losses_t = run(torch_cls)
-    model_a, losses_a = run(adamkit_cls)
-    assert losses_a == losses_t
+    model_a, losses_a = run(adamkit_cls, **KERNELS[kernel])
+    assert_losses_match(losses_t, losses_a, kernel)
     assert losses_a[2] < losses_a[0]
-    same_params(model_a.parameters(), model_t.parameters())
+    same_params(model_a.parameters(), model_t.parameters(), kernel)
 
 
 def test_step_without_closure_returns_none():
@@ -692,10 +735,11 @@ def test_zero_grad_then_step_changes_nothing(set_to_none):
     assert all(opt.state[p]["step"].item() == 2.0 for p in model.parameters())
 
 
-def test_zero_grad_set_to_none_false_zeroes_in_place():
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_zero_grad_set_to_none_false_zeroes_in_place(kernel):
     model_t, model_a = make_mlp(), make_mlp()
     opt_t = torch.optim.Adam(model_t.parameters(), lr=0.01)
-    opt_a = adamkit.Adam(model_a.parameters(), lr=0.01)
+    opt_a = adamkit.Adam(model_a.parameters(), lr=0.01, **KERNELS[kernel])
     train(model_t, opt_t, range(2))
     train(model_a, opt_a, range(2))
     opt_t.zero_grad(set_to_none=False)
@@ -706,7 +750,7 @@ def test_zero_grad_set_to_none_false_zeroes_in_place():
     opt_t.step()
     opt_a.step()
     assert all(opt_a.state[p]["step"].item() == 3.0 for p in model_a.parameters())
-    same_params(model_a.parameters(), model_t.parameters())
+    same_params(model_a.parameters(), model_t.parameters(), kernel)
 
 
 # --------------------------------------------------------------------------------------

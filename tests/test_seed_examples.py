@@ -1,7 +1,10 @@
 """The reference articles' Adam examples, each run through adamkit.Adam and torch.optim.Adam.
 
-Both optimizers see identically seeded models and identical inputs; results must agree
-bit for bit. The worked example at the end is also checked against hand-computed values.
+Both optimizers see identically seeded models and identical inputs. adamkit's for-loop
+kernel (foreach=False) must agree with torch bit for bit, its default kernel within
+parity.ULP_BOUND (its square roots are correctly rounded, torch's CPU ones are not).
+Where an article gives numbers, they are checked as given; the worked example at the
+end is also checked against hand-computed values.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import torch
 from torch import nn
 
 import adamkit
+from parity import KERNELS, assert_losses_match, assert_matches
 
 TORCH_GROUP_KEYS = {
     "params", "lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
@@ -57,21 +61,20 @@ def fit(model, opt, epochs, *, after_step=None):
     return losses
 
 
-def assert_same_model(theirs, ours):
+def assert_same_model(theirs, ours, kernel="for-loop"):
     names_t = [n for n, _ in theirs.named_parameters()]
     names_a = [n for n, _ in ours.named_parameters()]
     assert names_a == names_t
     for (name, pt), (_, pa) in zip(theirs.named_parameters(), ours.named_parameters()):
-        assert torch.equal(pt, pa), (name, (pt - pa).abs().max())
+        assert_matches(pt, pa, kernel, name)
 
 
-def assert_same_state(opt_t, opt_a, model_t, model_a):
+def assert_same_state(opt_t, opt_a, model_t, model_a, kernel="for-loop"):
     for pt, pa in zip(model_t.parameters(), model_a.parameters()):
         st, sa = opt_t.state.get(pt, {}), opt_a.state.get(pa, {})
         assert list(sa) == list(st)
         for key in st:
-            assert sa[key].dtype == st[key].dtype
-            assert torch.equal(sa[key], st[key]), key
+            assert_matches(st[key], sa[key], "for-loop" if key == "step" else kernel, key)
 
 
 def snapshot(model):
@@ -83,24 +86,25 @@ def snapshot(model):
 # --------------------------------------------------------------------------------------
 
 
-def test_single_group_lr_0_1():
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_single_group_lr_0_1(kernel):
     model_t, model_a = Net(), Net()
     assert [n for n, _ in model_a.named_parameters()] == ["nn1.weight", "nn1.bias", "nn2.weight", "nn2.bias"]
     assert_same_model(model_t, model_a)  # identically seeded
     start = snapshot(model_a)
 
     opt_t = torch.optim.Adam(model_t.parameters(), lr=0.1)
-    opt_a = adamkit.Adam(model_a.parameters(), lr=0.1)
+    opt_a = adamkit.Adam(model_a.parameters(), lr=0.1, **KERNELS[kernel])
     assert set(opt_a.param_groups[0]) == TORCH_GROUP_KEYS == set(opt_t.param_groups[0])
     assert len(opt_a.param_groups) == 1 and len(opt_a.param_groups[0]["params"]) == 4
 
     losses_t = fit(model_t, opt_t, 20)
     losses_a = fit(model_a, opt_a, 20)
 
-    assert losses_a == losses_t
+    assert_losses_match(losses_t, losses_a, kernel)
     assert losses_a[-1] < losses_a[0]
-    assert_same_model(model_t, model_a)
-    assert_same_state(opt_t, opt_a, model_t, model_a)
+    assert_same_model(model_t, model_a, kernel)
+    assert_same_state(opt_t, opt_a, model_t, model_a, kernel)
     assert all(not torch.equal(start[n], p) for n, p in model_a.named_parameters())
     assert all(opt_a.state[p]["step"].item() == 20.0 for p in model_a.parameters())
 
@@ -117,19 +121,20 @@ def no_decay_groups(model):
     ]
 
 
-def test_biases_left_out_stay_unchanged():
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_biases_left_out_stay_unchanged(kernel):
     model_t, model_a = Net(), Net()
     start = snapshot(model_a)
     opt_t = torch.optim.Adam(no_decay_groups(model_t), lr=0.1)
-    opt_a = adamkit.Adam(no_decay_groups(model_a), lr=0.1)
+    opt_a = adamkit.Adam(no_decay_groups(model_a), lr=0.1, **KERNELS[kernel])
     assert opt_a.param_groups[0]["weight_decay"] == 0.01
     assert [p.shape for p in opt_a.param_groups[0]["params"]] == [(3, 2), (6, 3)]
 
     losses_t = fit(model_t, opt_t, 20)
     losses_a = fit(model_a, opt_a, 20)
-    assert losses_a == losses_t
-    assert_same_model(model_t, model_a)
-    assert_same_state(opt_t, opt_a, model_t, model_a)
+    assert_losses_match(losses_t, losses_a, kernel)
+    assert_same_model(model_t, model_a, kernel)
+    assert_same_state(opt_t, opt_a, model_t, model_a, kernel)
 
     for name in ("nn1.bias", "nn2.bias"):
         bias = dict(model_a.named_parameters())[name]
@@ -187,15 +192,16 @@ def decay_every_5(opt, epoch):
             group["lr"] *= 0.9
 
 
-def test_manual_schedule():
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_manual_schedule(kernel):
     model_t, model_a = Net(), Net()
     opt_t = torch.optim.Adam(model_t.parameters(), lr=0.1)
-    opt_a = adamkit.Adam(model_a.parameters(), lr=0.1)
+    opt_a = adamkit.Adam(model_a.parameters(), lr=0.1, **KERNELS[kernel])
     losses_t = fit(model_t, opt_t, 30, after_step=decay_every_5)
     losses_a = fit(model_a, opt_a, 30, after_step=decay_every_5)
-    assert losses_a == losses_t
-    assert_same_model(model_t, model_a)
-    assert_same_state(opt_t, opt_a, model_t, model_a)
+    assert_losses_match(losses_t, losses_a, kernel)
+    assert_same_model(model_t, model_a, kernel)
+    assert_same_state(opt_t, opt_a, model_t, model_a, kernel)
 
     expected = 0.1
     for _ in range(6):  # epochs 0, 5, 10, 15, 20, 25
@@ -209,10 +215,11 @@ def test_manual_schedule():
 # --------------------------------------------------------------------------------------
 
 
-def test_step_lr_schedule():
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_step_lr_schedule(kernel):
     model_t, model_a = Net(), Net()
     opt_t = torch.optim.Adam(model_t.parameters(), lr=0.1)
-    opt_a = adamkit.Adam(model_a.parameters(), lr=0.1)
+    opt_a = adamkit.Adam(model_a.parameters(), lr=0.1, **KERNELS[kernel])
     sched_t = torch.optim.lr_scheduler.StepLR(opt_t, step_size=5, gamma=0.5)
     sched_a = torch.optim.lr_scheduler.StepLR(opt_a, step_size=5, gamma=0.5)
 
@@ -223,8 +230,8 @@ def test_step_lr_schedule():
     assert lrs_a == lrs_t
     assert lrs_a[:5] == [0.1] * 4 + [0.05]
     assert lrs_a[-1] == 0.1 * 0.5**4  # halving is exact in binary
-    assert_same_model(model_t, model_a)
-    assert_same_state(opt_t, opt_a, model_t, model_a)
+    assert_same_model(model_t, model_a, kernel)
+    assert_same_state(opt_t, opt_a, model_t, model_a, kernel)
 
 
 # --------------------------------------------------------------------------------------
@@ -264,10 +271,10 @@ def ppo_loss(actor, critic, obs, actions, advantages, returns, logp_old, clip=0.
     return actor_loss + critic_loss, ratios
 
 
-def run_ppo(cls, steps=8):
+def run_ppo(cls, steps=8, **kernel_kwargs):
     actor, critic = actor_critic()
     batch = ppo_batch(actor)
-    opt = cls(list(actor.parameters()) + list(critic.parameters()), lr=3e-4)
+    opt = cls(list(actor.parameters()) + list(critic.parameters()), lr=3e-4, **kernel_kwargs)
     losses, clipped_fraction = [], []
     for _ in range(steps):
         opt.zero_grad()
@@ -279,20 +286,21 @@ def run_ppo(cls, steps=8):
     return actor, critic, opt, losses, clipped_fraction
 
 
-def test_actor_critic_one_optimizer():
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_actor_critic_one_optimizer(kernel):
     actor_t, critic_t, opt_t, losses_t, clipped_t = run_ppo(torch.optim.Adam)
-    actor_a, critic_a, opt_a, losses_a, clipped_a = run_ppo(adamkit.Adam)
+    actor_a, critic_a, opt_a, losses_a, clipped_a = run_ppo(adamkit.Adam, **KERNELS[kernel])
 
     assert len(opt_a.param_groups) == 1 and len(opt_a.param_groups[0]["params"]) == 8
     assert opt_a.param_groups[0]["lr"] == 3e-4
-    assert losses_a == losses_t
+    assert_losses_match(losses_t, losses_a, kernel)
     assert clipped_a == clipped_t
     assert 0.0 < clipped_a[0] < 1.0  # the clip is really exercised
     assert losses_a[-1] < losses_a[0]
-    assert_same_model(actor_t, actor_a)
-    assert_same_model(critic_t, critic_a)
+    assert_same_model(actor_t, actor_a, kernel)
+    assert_same_model(critic_t, critic_a, kernel)
     for model_t, model_a in ((actor_t, actor_a), (critic_t, critic_a)):
-        assert_same_state(opt_t, opt_a, model_t, model_a)
+        assert_same_state(opt_t, opt_a, model_t, model_a, kernel)
         assert all(opt_a.state[p]["step"].item() == 8.0 for p in model_a.parameters())
 
 
@@ -341,10 +349,10 @@ def adam_by_hand(theta, steps):
     return history
 
 
-def run_worked_example(cls, dtype, steps=3):
+def run_worked_example(cls, dtype, steps=3, **kernel_kwargs):
     theta1 = nn.Parameter(torch.tensor(0.5, dtype=dtype))
     theta2 = nn.Parameter(torch.tensor(-0.3, dtype=dtype))
-    opt = cls([theta1, theta2], lr=LR, betas=(BETA1, BETA2), eps=EPS)
+    opt = cls([theta1, theta2], lr=LR, betas=(BETA1, BETA2), eps=EPS, **kernel_kwargs)
     history = []
     for _ in range(steps):
         opt.zero_grad()
@@ -392,11 +400,12 @@ def test_worked_example_steps_two_and_three_by_hand(dtype, rel):
     assert expected[2][0][0] < expected[1][0][0] < expected[0][0][0]
 
 
+@pytest.mark.parametrize("kernel", list(KERNELS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_worked_example_bitwise_equal_to_torch(dtype):
+def test_worked_example_matches_torch(dtype, kernel):
     theirs = run_worked_example(torch.optim.Adam, dtype, steps=5)
-    ours = run_worked_example(adamkit.Adam, dtype, steps=5)
+    ours = run_worked_example(adamkit.Adam, dtype, steps=5, **KERNELS[kernel])
     for (_, m_t, v_t, params_t), (_, m_a, v_a, params_a) in zip(theirs, ours):
-        assert m_a == m_t and v_a == v_t
+        assert m_a == m_t and v_a == v_t  # the moments see the same gradients: exact either way
         for pt, pa in zip(params_t, params_a):
-            assert torch.equal(pt, pa)
+            assert_matches(pt, pa, kernel)

@@ -5,16 +5,23 @@ tensors, and on a chunk those temporaries and the copies back stay in cache, so 
 step streams each parameter, gradient and state tensor through memory about once
 instead of once per operation. Every operation is elementwise, so the result does not
 depend on the chunking (the parity tests include tensors of many chunks).
+
+By default it makes torch's calls, so it equals ``torch.optim``'s for-loop on the
+machine it runs on. With ``exact=True`` (the default optimizer mode, for the few tensors
+the fused kernels do not take: sparse gradients, devices without a fused kernel) its
+square roots and coefficients are correctly rounded instead, as the fused kernels' are.
 """
 
 from __future__ import annotations
 
+import types
 from collections.abc import Mapping, MutableMapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from adamkit.rules import Rule, decay_coefficients, maximize_and_weight_decay
+from adamkit.rules import EXACT, TORCH, Rule, bind, decay_coefficients, maximize_and_weight_decay, ops
 
 CHUNK_ELEMENTS = 1 << 16  # 256 KiB of fp32: larger chunks were no faster and glibc kept more of them
 
@@ -25,6 +32,20 @@ def _real(t: Tensor) -> Tensor:
 
 def _identity(t: Tensor) -> Tensor:
     return t
+
+
+def correctly_rounded_sqrt(x: Tensor) -> Tensor:
+    """``sqrt`` rounded once. torch's CPU ``sqrt`` (MKL, SLEEF) is not: up to 16% of fp32
+    results are an ulp off, depending on the CPU. NumPy's is the processor's IEEE
+    instruction; CUDA's ``sqrt`` is IEEE-rounded already."""
+    if x.device.type != "cpu" or x.requires_grad:
+        return torch.sqrt(x)
+    wide = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    return torch.from_numpy(np.asarray(np.sqrt(wide.numpy()))).to(x.dtype)
+
+
+EXACT_OPS = types.ModuleType("exact_ops", "adamkit.rules.ops with a correctly rounded sqrt")
+EXACT_OPS.__dict__.update({name: getattr(ops, name) for name in ops.__all__}, sqrt=correctly_rounded_sqrt)
 
 
 def _slices(numel: int, chunk: int) -> list[slice]:
@@ -40,6 +61,7 @@ def eager_step(
     decoupled_weight_decay: bool,
     step_as_tensor: bool,
     complex_as_real: bool = True,
+    exact: bool = False,
 ) -> None:
     """Advance every parameter in ``params`` (all with a gradient) by one step of ``rule``.
 
@@ -51,8 +73,15 @@ def eager_step(
     With ``complex_as_real``, complex tensors are handed to the rule as real views,
     after maximize and weight decay have run on the complex values; otherwise the rule
     sees them as they are (torch's SGD does complex arithmetic directly).
+
+    ``exact`` takes square roots and coefficients correctly rounded (see above).
     """
     real = _real if complex_as_real else _identity
+    scalars = EXACT if exact else TORCH
+    update = bind(rule.update, EXACT_OPS) if exact else rule.update
+    sparse_update = rule.sparse_update
+    if exact and sparse_update is not None:
+        sparse_update = bind(sparse_update, EXACT_OPS)
     decay = decay_coefficients(hp, decoupled=decoupled_weight_decay)
     # Differentiable mode: autograd keeps the rule's inputs for backward, so the rule
     # must get copies of what the write-back below overwrites.
@@ -66,11 +95,11 @@ def eager_step(
             step = step_count if step_as_tensor else step_count.item()
             if tracked:
                 step = step.clone()
-        coefficients = rule.coefficients(hp, step, rule.slots[0] not in state)
+        coefficients = rule.coefficients(hp, step, rule.slots[0] not in state, scalars)
 
         grad = param.grad
-        if grad.is_sparse and rule.sparse_update is not None:
-            new_param, new_sum = rule.sparse_update(param, grad, state[rule.slots[0]], coefficients)
+        if grad.is_sparse and sparse_update is not None:
+            new_param, new_sum = sparse_update(param, grad, state[rule.slots[0]], coefficients)
             param.copy_(new_param)
             state[rule.slots[0]].copy_(new_sum)
             continue
@@ -100,7 +129,7 @@ def eager_step(
             inputs = {name: v.clone() for name, v in views.items()} if tracked else views
             slot_values = [inputs.get(name) for name in rule.slots]
             slot_values += [None] * (3 - len(slot_values))
-            new_param, *new_values = rule.update(real(new_param), real(grad_piece), *slot_values, coefficients)
+            new_param, *new_values = update(real(new_param), real(grad_piece), *slot_values, coefficients)
 
             real(param_piece).copy_(new_param)
             for name, value in zip(rule.slots, new_values):

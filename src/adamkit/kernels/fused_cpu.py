@@ -1,149 +1,122 @@
 """The fused CPU kernel: one parallel pass over every parameter of a group (numba).
 
-Each element is loaded once, run through the rule's ``update`` (compiled from the
-same Python function the eager kernel runs on tensors, with ``scalar_ops`` supplying
-the elementwise operations), and stored once: 28 bytes per parameter for fp32 Adam,
-the least the step can move. Tensors are cut into work items of at most
+Each element is loaded once, run through the rule's ``update`` (the same Python
+function the eager kernel runs on tensors, bound to ``scalar_ops`` and compiled by
+numba, see ``cpu_loops``), and stored once: 28 bytes per parameter for fp32 Adam, the
+least the step can move. Tensors are cut into work items of at most
 ``WORK_ITEM_ELEMENTS`` so that many small tensors and a few large ones spread evenly
-over the threads. Compiled code is cached on disk; hyperparameters are arguments, so
-schedulers never cause recompilation.
+over the threads. Hyperparameters are arguments, so schedulers never recompile.
+
+What it takes: CPU tensors of fp32, fp64, bf16, fp16 and complex (as their real view),
+dense in any dimension order (contiguous, transposed, channels_last), with gradient
+and state laid out like the parameter. A tensor that is not (a non-dense parameter, a
+gradient in another layout) is stepped through contiguous copies, so every dense
+parameter of the default mode gets the same correctly rounded arithmetic. Sparse
+gradients and other devices are left to the eager kernel.
+
+The kernel works on raw addresses of the user's own tensors. A plan records them
+once; each step re-reads and checks, mostly in C loops, what could have moved: the
+parameters' and state tensors' addresses, the state entries themselves, the version
+counters of the state's storage (``resize_``, ``set_`` and ``as_strided_`` change them)
+and each gradient's dtype, size and layout. Anything else rebuilds the plan, and the
+plan holds references to every tensor whose memory it uses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 import operator
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from itertools import repeat
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from numba import njit, prange
 from torch import Tensor
 
-from adamkit.kernels.scalar_ops import COMPUTE_TYPES, STORAGE_TYPES, load, pointer, store
-from adamkit.rules import Rule, decay_coefficients, maximize_and_weight_decay
-from adamkit.state import allocate_flat_state, local_tensor
+from adamkit.kernels.compile_cache import loops_for
+from adamkit.kernels.scalar_ops import COMPUTE_TYPES, STORAGE_TYPES
+from adamkit.rules import EXACT, Rule, decay_coefficients
+from adamkit.state import allocate_flat_state, is_dense, local_tensor
 
 WORK_ITEM_ELEMENTS = 1 << 15
 SLOT_COUNT = 3
-_JIT = {"error_model": "numpy", "cache": True}
+STEP_DTYPES = (torch.float32, torch.float64)
 
-_decay = njit(**_JIT)(maximize_and_weight_decay)
-_compiled_updates: dict = {}
-
-
-def _compiled(update):
-    if update not in _compiled_updates:
-        _compiled_updates[update] = njit(**_JIT)(update)
-    return _compiled_updates[update]
+_dtype_of = operator.attrgetter("dtype")
+_is_cpu = operator.attrgetter("is_cpu")
+_version_of = operator.attrgetter("_version")
 
 
-@njit(parallel=True, **_JIT)
-def _fused_pass(update, decay, c, like, params, grads, slot0, slot1, slot2, items, starts, ends, changed):
-    """Run ``update`` over every element of the work items.
-
-    A slot the parameters lack is None: numba then compiles that slot's code away (a
-    store that might alias the gradient would keep the loop from vectorizing), and the
-    rule reads the gradient in its place and never uses it. Unless ``changed`` is None
-    (also compiled away), it records per work item whether any parameter element changed.
-    """
-    for w in prange(items.shape[0]):
-        t = items[w]
-        p = pointer(params[t], like)
-        g = pointer(grads[t], like)
-        s0 = g if slot0 is None else pointer(slot0[t], like)
-        s1 = g if slot1 is None else pointer(slot1[t], like)
-        s2 = g if slot2 is None else pointer(slot2[t], like)
-        moved = False
-        for i in range(starts[w], ends[w]):
-            old = load(p, i)
-            grad = load(g, i)
-            new, decayed_grad = _decay(old, grad, decay)
-            new, y0, y1, y2 = update(new, decayed_grad, load(s0, i), load(s1, i), load(s2, i), c)
-            store(p, i, new)
-            if slot0 is not None:
-                store(s0, i, y0)
-            if slot1 is not None:
-                store(s1, i, y1)
-            if slot2 is not None:
-                store(s2, i, y2)
-            if changed is not None:
-                moved |= load(p, i) != old  # as stored: bf16/fp16 rounding may keep it
-        if changed is not None:
-            changed[w] = moved
+def storage_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The real dtype the kernel reads: complex tensors are handled as their real view."""
+    return dtype.to_real() if dtype.is_complex else dtype
 
 
-@njit(**_JIT)
-def _advance_steps(addresses, like):
-    """Add 1 to each step counter (in its own dtype, as ``step += 1``) and return the new values."""
-    out = np.empty(addresses.shape[0], np.float64)
-    for k in range(addresses.shape[0]):
-        counter = pointer(addresses[k], like)
-        counter[0] = counter[0] + 1
-        out[k] = counter[0]
-    return out
+def _supported(t: Tensor) -> bool:
+    return t.layout is torch.strided and t.device.type == "cpu" and storage_dtype(t.dtype) in STORAGE_TYPES
 
 
-@njit(**_JIT)
-def _all_zero(addresses, numels, like):
-    """Per tensor: every element is zero (and there is at least one). Most gradients
-    stop at their first element, so this costs next to nothing."""
-    zero = np.zeros(addresses.shape[0], np.bool_)
-    for t in range(addresses.shape[0]):
-        g = pointer(addresses[t], like)
-        zero[t] = numels[t] > 0
-        for i in range(numels[t]):
-            if load(g, i) != 0:
-                zero[t] = False
-                break
-    return zero
-
-
-@njit(parallel=True, **_JIT)
-def _all_finite(addresses, items, starts, ends, like):
-    """Per work item: every element is finite. No early exit, so the loop vectorizes."""
-    finite = np.ones(items.shape[0], np.bool_)
-    for w in prange(items.shape[0]):
-        g = pointer(addresses[items[w]], like)
-        bad = False
-        for i in range(starts[w], ends[w]):
-            x = load(g, i)
-            bad |= x - x != 0  # NaN for NaN and for +-Inf
-        finite[w] = not bad
-    return finite
-
-
-def _laid_out_like(t: Tensor, param: Tensor) -> bool:
-    """``t`` (local) can be read element for element alongside ``param``'s local tensor."""
+def same_layout(t: Tensor, like: Tensor) -> bool:
+    """``t`` can be read element for element alongside ``like`` (both local tensors):
+    same dtype, device and shape, equal strides wherever a dimension has more than one
+    element."""
     return (
         t.layout is torch.strided
-        and t.dtype is param.dtype
-        and t.device.type == "cpu"
-        and t.shape == param.shape
-        and t.is_contiguous()
+        and t.dtype is like.dtype
+        and t.device == like.device
+        and t.shape == like.shape
+        and all(a == b for a, b, size in zip(t.stride(), like.stride(), like.shape) if size != 1)
     )
 
 
-def eligible(param: Tensor, grad: Tensor) -> bool:
-    """Whether the fused kernel can update ``param`` with ``grad`` (else the eager kernel runs)."""
-    param = local_tensor(param)
-    return param.dtype in STORAGE_TYPES and _laid_out_like(param, param) and _laid_out_like(local_tensor(grad), param)
+def takes(param: Tensor, grad: Tensor) -> bool:
+    """Whether this kernel steps ``param`` (directly or through copies); else the eager kernel does."""
+    param, grad = local_tensor(param), local_tensor(grad)
+    return (
+        _supported(param)
+        and grad.layout is torch.strided
+        and grad.dtype is param.dtype
+        and grad.device == param.device
+        and grad.shape == param.shape
+    )
 
 
-def _state_usable(state: Mapping[str, Tensor], param: Tensor, slot_names: Sequence[str], step_dtype) -> bool:
+def _direct(param: Tensor, grad: Tensor) -> bool:
+    """The kernel can walk ``param`` and ``grad`` in place."""
     local = local_tensor(param)
+    return is_dense(local) and same_layout(local_tensor(grad), local)
+
+
+def _element_count(t: Tensor) -> int:
+    return t.numel() * (2 if t.dtype.is_complex else 1)
+
+
+def _like(dtype: torch.dtype) -> np.ndarray:
+    return np.zeros(0, STORAGE_TYPES[storage_dtype(dtype)])
+
+
+def _step_usable(step) -> bool:
+    return (
+        isinstance(step, Tensor)
+        and step.dtype in STEP_DTYPES
+        and step.device.type == "cpu"
+        and step.dim() == 0
+        and not step.requires_grad
+    )
+
+
+def _state_usable(state: Mapping[str, Tensor], local: Tensor, slot_names: Sequence[str], counts_steps: bool) -> bool:
+    """Every state entry the rule needs is there, of the parameter's dtype and shape, and
+    not tracked by autograd; layout aside, which copies can fix."""
     for name in slot_names:
         value = state.get(name)
-        if value is None:
+        if value is None or value.requires_grad:
             return False
-        if value.requires_grad or not _laid_out_like(local_tensor(value), local):
+        value = local_tensor(value)
+        if not (_supported(value) and value.dtype is local.dtype and value.shape == local.shape):
             return False
-    if step_dtype is not None:
-        step = state.get("step")
-        return isinstance(step, Tensor) and step.dtype is step_dtype and step.device.type == "cpu" and step.dim() == 0
-    return True
+    return not counts_steps or _step_usable(state.get("step"))
 
 
 def _work_items(numels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -155,145 +128,168 @@ def _work_items(numels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return items, starts, ends
 
 
+def _addresses(tensors: Sequence[Tensor]) -> np.ndarray:
+    return np.fromiter(map(Tensor.data_ptr, tensors), np.int64, len(tensors))
+
+
+def _storage_owner(t: Tensor) -> Tensor:
+    """The tensor whose version counter ``t`` shares: its base if it is a view."""
+    return t if t._base is None else t._base
+
+
 @dataclass
 class FusedPlan:
-    """Where one parameter group's tensors of one dtype live, laid out for the fused pass.
+    """Where some of a group's tensors of one dtype live, laid out for the fused pass.
 
-    Built when the group's parameters with a gradient change. Each step then only
-    reads the tensors' addresses and checks, mostly in C loops, that nothing it relies
-    on has moved: the same parameters at the same addresses, the optimizer's own state
-    tensors, and gradients of the right dtype, size and layout.
+    ``params`` are the parameters (their local tensors, for DTensors, in ``locals_``).
+    Each step, ``addresses`` checks that nothing the plan relies on has changed and
+    returns the parameter and gradient addresses; None means: build a new plan.
     """
 
     params: list[Tensor]
-    dtype: torch.dtype  # of the parameters' local tensors
-    like: np.ndarray
-    numels: np.ndarray
+    locals_: list[Tensor]
+    dtype: torch.dtype
+    numels: np.ndarray  # torch's numel of each parameter
+    elements: np.ndarray  # elements the kernel walks (twice the numel for complex)
+    contiguous: list[bool]
+    strided: list[int]  # positions of non-contiguous parameters, whose grads need a stride check
     slots: list[np.ndarray | None]
     step_addresses: np.ndarray | None
-    step_like: np.ndarray | None
+    step_dtype: torch.dtype | None
     items: np.ndarray
     starts: np.ndarray
     ends: np.ndarray
     fresh: np.ndarray
-    entry_states: list[dict] = field(default_factory=list)
-    entry_names: list[str] = field(default_factory=list)
-    entry_values: list[Tensor] = field(default_factory=list)
-    param_addresses: np.ndarray | None = None
-    state_mapping: Mapping | None = None
-    state_values: list[dict] = field(default_factory=list)
-    distributed: bool = False
+    param_addresses: np.ndarray
+    state_mapping: Mapping
+    state_values: list[dict]
+    entry_states: list[dict]
+    entry_names: list[str]
+    entry_values: list[Tensor]  # the state tensors, as the user sees them
+    entry_locals: list[Tensor]
+    entry_params: list[Tensor | None]  # the local parameter each entry is laid out like; None for steps
+    entry_addresses: np.ndarray
+    owners: list[Tensor]  # one tensor per version counter the state tensors use
+    versions: list[int]
+    distributed: bool
 
-    def addresses(self, grads: list[Tensor], states: Mapping[Tensor, dict]) -> tuple[np.ndarray, np.ndarray] | None:
-        """(parameter, gradient) addresses for this step, or None if the plan is stale.
-
-        ``grads`` are the parameters' gradients, in order. ``states`` is the optimizer's
-        state; its values are compared in order, which needs no hashing of tensors.
-        """
-        params = self.params
+    def state_unchanged(self, states: Mapping[Tensor, dict]) -> bool:
+        """The optimizer's state holds the same tensors, at the same addresses, with the
+        same shape and layout as when the plan was made."""
         if not (
             states is self.state_mapping
             and len(states) == len(self.state_values)
             and all(map(operator.is_, states.values(), self.state_values))
             and all(map(operator.is_, map(dict.get, self.entry_states, self.entry_names), self.entry_values))
         ):
+            return False
+        entry_locals = list(map(local_tensor, self.entry_values)) if self.distributed else self.entry_values
+        if not np.array_equal(_addresses(entry_locals), self.entry_addresses):
+            return False  # `.data = ...` or `set_` moved a state tensor
+        if list(map(_version_of, self.owners)) != self.versions:
+            # An in-place operation touched the state: harmless unless it changed a
+            # tensor's shape or layout (resize_, as_strided_, set_), so look closer.
+            if not all(
+                _step_usable(t) if like is None else same_layout(t, like)
+                for t, like in zip(self.entry_locals, self.entry_params)
+            ):
+                return False
+            self.versions = list(map(_version_of, self.owners))
+        return True
+
+    def addresses(self, grads: list[Tensor], states: Mapping[Tensor, dict]) -> tuple[np.ndarray, np.ndarray] | None:
+        """(parameter, gradient) addresses for this step, or None if the plan is stale.
+
+        ``grads`` are the parameters' gradients, in order. The gradient setter checks
+        dtype, device and size, but ``grad.data = ...`` bypasses it, and reading past a
+        tensor's end must be impossible: so all are checked, every step.
+        """
+        if not self.state_unchanged(states):
             return None
-        locals_ = list(map(local_tensor, params)) if self.distributed else params
-        grad_locals = list(map(local_tensor, grads)) if self.distributed else grads
-        param_addresses = np.fromiter(map(Tensor.data_ptr, locals_), np.int64, len(params))
+        locals_ = list(map(local_tensor, self.params)) if self.distributed else self.params
+        param_addresses = _addresses(locals_)
         if not np.array_equal(param_addresses, self.param_addresses):
             return None
-        # Checked every step, even for last step's gradient objects: ``grad.data = ...``,
-        # ``set_`` and ``resize_`` change a tensor in place.
-        if not _dense_like(grad_locals, self.dtype, self.numels):
+        grads = list(map(local_tensor, grads)) if self.distributed else grads
+        try:
+            laid_out = list(map(Tensor.is_contiguous, grads)) == self.contiguous
+        except RuntimeError:  # layouts without strides (sparse CSR, mkldnn)
             return None
-        return param_addresses, np.fromiter(map(Tensor.data_ptr, grad_locals), np.int64, len(params))
+        if not (
+            laid_out
+            and all(map(_is_cpu, grads))
+            and all(map(operator.is_, map(_dtype_of, grads), repeat(self.dtype)))
+            and np.array_equal(np.fromiter(map(Tensor.numel, grads), np.int64, len(grads)), self.numels)
+            and all(same_layout(grads[i], locals_[i]) for i in self.strided)
+        ):
+            return None
+        return param_addresses, _addresses(grads)
 
 
-_dtype_of = operator.attrgetter("dtype")
-_is_cpu = operator.attrgetter("is_cpu")
-
-
-def _contiguous_on_cpu(tensors: Sequence[Tensor]) -> bool:
-    """Every tensor is contiguous and on the CPU. Attribute reads mapped over the list
-    cost a fraction of a per-tensor Python expression."""
-    try:
-        return all(map(Tensor.is_contiguous, tensors)) and all(map(_is_cpu, tensors))  # False for sparse COO
-    except RuntimeError:  # other layouts (sparse CSR, mkldnn) have no strides
-        return False
-
-
-def _dense_like(tensors: list[Tensor], dtype: torch.dtype, numels: np.ndarray) -> bool:
-    """Every tensor is a contiguous CPU tensor of ``dtype`` with ``numels`` elements.
-
-    The gradient setter already enforces dtype, device and size, but ``grad.data = ...``
-    bypasses it, and reading past a tensor's end must be impossible.
-    """
-    return (
-        _contiguous_on_cpu(tensors)
-        and all(map(operator.is_, map(_dtype_of, tensors), repeat(dtype)))
-        and np.array_equal(np.fromiter(map(Tensor.numel, tensors), np.int64, len(tensors)), numels)
-    )
-
-
-class GroupLayout(NamedTuple):
-    """A parameter group's parameters with a gradient, split between kernels."""
-
-    with_grad: list[Tensor]
-    plans: list[FusedPlan]
-    rest: list[Tensor]
-    ineligible: list[Tensor]  # in ``rest`` only for their tensors' layout or dtype, which may change
-
-
-def plan(
+def build_plan(
     rule: Rule,
     params: Sequence[Tensor],
-    states: dict[Tensor, dict[str, Tensor]],
-    fills: Mapping[str, float | None],
-    *,
+    states: Mapping[Tensor, dict[str, Tensor]],
+    slot_names: Sequence[str],
+    fresh: Sequence[bool],
     step_dtype: torch.dtype | None,
-) -> FusedPlan | None:
-    """Lay out ``params`` (one dtype, all eligible) for the fused pass; None if their state cannot be used.
-
-    Parameters without state get it here, in flat buffers (``adamkit.state``); a fill
-    of None marks state the rule creates on its first step (SGD's momentum buffer),
-    which is then flagged ``fresh``.
-    """
-    slot_names = tuple(fills)
-    new = [p for p in params if not states.get(p)]
-    created = {name: 0.0 if fill is None else fill for name, fill in fills.items()}
-    if new and (created or step_dtype is not None):
-        for p, state in zip(new, allocate_flat_state(new, created, step_dtype=step_dtype)):
-            states[p] = state
-    new_ids = {id(p) for p in new}
-    fresh = np.array([id(p) in new_ids for p in params], np.bool_)
+) -> FusedPlan:
+    """Lay out ``params`` (one dtype; dense, with usable state laid out like them) for the fused pass."""
+    locals_ = [local_tensor(p) for p in params]
     param_states = [states.get(p, {}) for p in params]
-    if not all(_state_usable(s, p, slot_names, step_dtype) for s, p in zip(param_states, params)):
-        return None
-    dtype = local_tensor(params[0]).dtype
-    numels = np.array([local_tensor(p).numel() for p in params], np.int64)
     slots = np.zeros((SLOT_COUNT, len(params)), np.int64)
     positions = [rule.slots.index(name) for name in slot_names]
     entries = []
-    for column, state in enumerate(param_states):
+    for column, (state, local) in enumerate(zip(param_states, locals_)):
         for name, row in zip(slot_names, positions):
             slots[row, column] = local_tensor(state[name]).data_ptr()
-            entries.append((state, name, state[name]))
-    slot_arrays = [slots[row] if row in positions else None for row in range(SLOT_COUNT)]
-    step_addresses = step_like = None
+            entries.append((state, name, local))
+    step_addresses = None
     if step_dtype is not None:
         step_addresses = np.array([s["step"].data_ptr() for s in param_states], np.int64)
-        step_like = np.zeros(0, STORAGE_TYPES[step_dtype])
-        entries += [(s, "step", s["step"]) for s in param_states]
-    items, starts, ends = _work_items(numels)
-    entry_states, entry_names, entry_values = (list(column) for column in zip(*entries)) if entries else ([], [], [])
+        entries += [(s, "step", None) for s in param_states]
+    entry_states = [state for state, _, _ in entries]
+    entry_names = [name for _, name, _ in entries]
+    entry_values = [state[name] for state, name, _ in entries]
+    entry_locals = [local_tensor(t) for t in entry_values]
+    owners = list({id(owner): owner for owner in map(_storage_owner, entry_locals)}.values())
+    elements = np.array([_element_count(t) for t in locals_], np.int64)
+    items, starts, ends = _work_items(elements)
+    contiguous = [t.is_contiguous() for t in locals_]
     return FusedPlan(
-        list(params), dtype, np.zeros(0, STORAGE_TYPES[dtype]), numels, slot_arrays,
-        step_addresses, step_like, items, starts, ends, fresh, entry_states, entry_names, entry_values,
-        param_addresses=np.array([local_tensor(p).data_ptr() for p in params], np.int64),
+        params=list(params),
+        locals_=locals_,
+        dtype=locals_[0].dtype,
+        numels=np.array([t.numel() for t in locals_], np.int64),
+        elements=elements,
+        contiguous=contiguous,
+        strided=[i for i, c in enumerate(contiguous) if not c],
+        slots=[slots[row] if row in positions else None for row in range(SLOT_COUNT)],
+        step_addresses=step_addresses,
+        step_dtype=step_dtype,
+        items=items,
+        starts=starts,
+        ends=ends,
+        fresh=np.array(fresh, np.bool_),
+        param_addresses=_addresses(locals_),
         state_mapping=states,
         state_values=list(states.values()),
-        distributed=any(local_tensor(p) is not p for p in params),
+        entry_states=entry_states,
+        entry_names=entry_names,
+        entry_values=entry_values,
+        entry_locals=entry_locals,
+        entry_params=[like for _, _, like in entries],
+        entry_addresses=_addresses(entry_locals),
+        owners=owners,
+        versions=list(map(_version_of, owners)),
+        distributed=any(local is not p for local, p in zip(locals_, params)),
+    )
+
+
+def _cast(coefficients, compute):
+    """Numbers become the compute type, as torch casts a Python scalar to the tensor's type."""
+    return type(coefficients)(
+        *(value if isinstance(value, bool) else compute(float(value)) for value in coefficients)
     )
 
 
@@ -307,23 +303,32 @@ def fused_step(
     report_moved: bool = True,
 ) -> list[Tensor]:
     """One step of ``rule`` over ``plan``'s parameters at ``addresses`` (from
-    ``plan.addresses``). With ``report_moved``, returns the parameters whose gradient
-    was all zeros and whose value still changed (weight decay, momentum)."""
+    ``plan.addresses``), with correctly rounded coefficients. With ``report_moved``,
+    returns the parameters whose gradient was all zeros and whose value still changed
+    (weight decay, momentum)."""
+    loops = loops_for(rule.name, rule.update)
     params = plan.params
     param_addresses, grad_addresses = addresses
-    compute = COMPUTE_TYPES[plan.dtype]
+    dtype = storage_dtype(plan.dtype)
+    like = _like(dtype)
+    compute = COMPUTE_TYPES[dtype]
     decay = _cast(decay_coefficients(hp, decoupled=decoupled_weight_decay), compute)
-    # Parameters with an all-zero gradient run in a pass that also notes what changed;
-    # the rest (nearly always all of them) in one that does not, at full speed.
-    watched = _all_zero(grad_addresses, plan.numels, plan.like) if report_moved else np.zeros(len(params), np.bool_)
+    if report_moved:
+        watched = loops.run("all_zero", (dtype,), grad_addresses, plan.elements, like)
+    else:
+        watched = np.zeros(len(params), np.bool_)
     counts_steps = plan.step_addresses is not None
-    steps = _advance_steps(plan.step_addresses, plan.step_like) if counts_steps else np.zeros(len(params))
+    if counts_steps:
+        steps = loops.run("advance_steps", (plan.step_dtype,), plan.step_addresses, _like(plan.step_dtype))
+    else:
+        steps = np.zeros(len(params))
     keys = np.stack([steps, plan.fresh])
     plan.fresh = np.zeros(len(params), np.bool_)
     moved = np.zeros(len(params), np.bool_)
     uniform = (keys == keys[:, :1]).all()
+    absent = tuple(slot is None for slot in plan.slots)
     for step, fresh in (keys[:, :1] if uniform else np.unique(keys, axis=1)).T:
-        c = _cast(rule.coefficients(hp, float(step) if counts_steps else None, bool(fresh)), compute)
+        c = _cast(rule.coefficients(hp, float(step) if counts_steps else None, bool(fresh), EXACT), compute)
         # Parameters whose step counts differ (one added later) need their own coefficients.
         same_key = (keys[0] == step) & (keys[1] == fresh)
         for watch in (False, True):
@@ -333,8 +338,9 @@ def fused_step(
             chosen = slice(None) if tensors.all() else np.flatnonzero(tensors[plan.items])
             items = plan.items[chosen]
             changed = np.zeros(len(items), np.bool_) if watch else None
-            _fused_pass(
-                _compiled(rule.update), decay, c, plan.like, param_addresses, grad_addresses, *plan.slots,
+            loops.run(
+                "fused_pass", (dtype, absent, watch, type(c)),
+                c, decay, like, param_addresses, grad_addresses, *plan.slots,
                 items, plan.starts[chosen], plan.ends[chosen], changed,
             )
             if watch:
@@ -342,29 +348,221 @@ def fused_step(
     return [params[i] for i in np.flatnonzero(moved)]
 
 
-def _cast(coefficients, compute):
-    """Numbers become the compute type, as torch casts a Python scalar to the tensor's type."""
-    return type(coefficients)(
-        *(value if isinstance(value, bool) else compute(float(value)) for value in coefficients)
-    )
+class GroupLayout(NamedTuple):
+    """A parameter group's parameters with a gradient, sorted by how they are stepped."""
+
+    with_grad: list[Tensor]
+    plans: list[FusedPlan]
+    staged: list[Tensor]  # stepped through contiguous copies
+    eager: list[Tensor]  # left to the eager kernel
+    staged_fresh: set[int]  # ids of staged parameters whose state was just created
+
+
+def _plain_numbers(hp: Mapping) -> dict:
+    """Tensor hyperparameters (lr, betas) as Python numbers: coefficients are computed
+    in double precision with correctly rounded operations."""
+    plain = dict(hp)
+    for key in ("lr", "betas"):
+        value = hp.get(key)
+        if isinstance(value, Tensor):
+            plain[key] = value.item()
+        elif isinstance(value, tuple):
+            plain[key] = tuple(v.item() if isinstance(v, Tensor) else v for v in value)
+    return plain
+
+
+class FusedCpuKernel:
+    """Steps a parameter group's CPU tensors in fused passes, remembering each group's layout.
+
+    The optimizer hands over the group's parameters that have a gradient and its state;
+    ``step_group`` steps the ones it takes and returns the rest for the eager kernel.
+    """
+
+    name = "fused_cpu"
+
+    def __init__(self) -> None:
+        self._layouts: dict[int, GroupLayout] = {}
+
+    def forget(self) -> None:
+        """Drop every plan (the state was replaced, e.g. by ``load_state_dict``)."""
+        self._layouts.clear()
+
+    def step_group(
+        self,
+        rule: Rule,
+        group_key: int,
+        params: list[Tensor],
+        grads: list[Tensor],
+        states: dict[Tensor, dict[str, Tensor]],
+        fills: Mapping[str, float | None],
+        step_dtype: torch.dtype | None,
+        hp: Mapping,
+        *,
+        decoupled_weight_decay: bool,
+        report_moved: bool,
+    ) -> tuple[list[Tensor], list[Tensor], int]:
+        """Step what this kernel takes of ``params`` (with ``grads``).
+
+        Returns the parameters left for the eager kernel, the stepped parameters whose
+        all-zero gradient did not keep them still, and how many parameters were stepped.
+        """
+        layout = self._layouts.get(group_key)
+        steps = None
+        if (
+            layout is not None
+            and len(layout.with_grad) == len(params)
+            and all(map(operator.is_, layout.with_grad, params))
+            and self._same_kinds(layout, params, grads)
+        ):
+            steps = self._plan_addresses(layout, params, grads, states)
+        if steps is None or any(addresses is None for _, addresses in steps):
+            layout = self._lay_out(rule, params, grads, states, fills, step_dtype)
+            self._layouts[group_key] = layout
+            steps = self._plan_addresses(layout, params, grads, states)
+        hp = _plain_numbers(hp)
+        moved, stepped, eager = [], 0, list(layout.eager)
+        for plan, addresses in steps:
+            if addresses is None:  # a plan made this moment must hold; if not, torch ops decide
+                eager += plan.params
+                continue
+            moved += fused_step(
+                rule, plan, addresses, hp, decoupled_weight_decay=decoupled_weight_decay, report_moved=report_moved
+            )
+            stepped += len(plan.params)
+        if layout.staged:
+            grad_of = dict(zip(map(id, params), grads))
+            moved += self._staged_step(
+                rule, layout, [grad_of[id(p)] for p in layout.staged], states, fills, hp,
+                decoupled_weight_decay=decoupled_weight_decay, report_moved=report_moved,
+            )
+            stepped += len(layout.staged)
+        return eager, moved, stepped
+
+    @staticmethod
+    def _kind(param: Tensor, grad: Tensor) -> str:
+        if not takes(param, grad):
+            return "eager"
+        return "direct" if _direct(param, grad) else "staged"
+
+    def _same_kinds(self, layout: GroupLayout, params: list[Tensor], grads: list[Tensor]) -> bool:
+        """The parameters stepped through copies or by the eager kernel last time still are."""
+        if not (layout.staged or layout.eager):
+            return True
+        grad_of = dict(zip(map(id, params), grads))
+        return all(self._kind(p, grad_of[id(p)]) == "staged" for p in layout.staged) and all(
+            self._kind(p, grad_of[id(p)]) == "eager" for p in layout.eager
+        )
+
+    @staticmethod
+    def _plan_addresses(layout: GroupLayout, params, grads, states) -> list[tuple]:
+        if len(layout.plans) == 1 and len(layout.plans[0].params) == len(params):
+            return [(layout.plans[0], layout.plans[0].addresses(grads, states))]
+        grad_of = dict(zip(map(id, params), grads))
+        return [(plan, plan.addresses([grad_of[id(p)] for p in plan.params], states)) for plan in layout.plans]
+
+    def _lay_out(self, rule, params, grads, states, fills, step_dtype) -> GroupLayout:
+        """Sort ``params`` into plans (by dtype and step dtype), copies and the eager
+        kernel's share, creating the state of parameters seen for the first time."""
+        kinds = [self._kind(p, g) for p, g in zip(params, grads)]
+        taken = [p for p, kind in zip(params, kinds) if kind != "eager"]
+        fresh = self._create_state(taken, states, fills, step_dtype)
+        slot_names = tuple(fills)
+        by_key: dict[tuple, list[Tensor]] = {}
+        staged, eager = [], [p for p, kind in zip(params, kinds) if kind == "eager"]
+        for p, kind in zip(params, kinds):
+            if kind == "eager":
+                continue
+            state, local = states.get(p, {}), local_tensor(p)
+            if not _state_usable(state, local, slot_names, step_dtype is not None):
+                eager.append(p)
+            elif kind == "staged" or not all(same_layout(local_tensor(state[n]), local) for n in slot_names):
+                staged.append(p)
+            else:
+                by_key.setdefault((p.dtype, state["step"].dtype if step_dtype else None), []).append(p)
+        plans = [
+            build_plan(rule, batch, states, slot_names, [id(p) in fresh for p in batch], key[1])
+            for key, batch in by_key.items()
+        ]
+        for plan in plans:  # each plan saw the state before the next one added to it
+            plan.state_values = list(states.values())
+        return GroupLayout(list(params), plans, staged, eager, {id(p) for p in staged if id(p) in fresh})
+
+    @staticmethod
+    def _create_state(params, states, fills, step_dtype) -> set[int]:
+        """State for parameters without any, in flat buffers; returns their ids. A fill
+        of None marks state the rule makes on its first step (SGD's momentum buffer):
+        it starts at 0 and the parameter is flagged fresh."""
+        new = [p for p in params if not states.get(p)]
+        created = {name: 0.0 if fill is None else fill for name, fill in fills.items()}
+        if not new or not (created or step_dtype is not None):
+            return set()
+        by_dtype: dict[torch.dtype, list[Tensor]] = {}
+        for p in new:
+            by_dtype.setdefault(p.dtype, []).append(p)
+        for batch in by_dtype.values():
+            for p, state in zip(batch, allocate_flat_state(batch, created, step_dtype=step_dtype)):
+                states[p] = state
+        return {id(p) for p in new}
+
+    def _staged_step(self, rule, layout, grads, states, fills, hp, *, decoupled_weight_decay, report_moved):
+        """Step ``layout.staged`` through copies laid out like dense parameters, then copy back."""
+        work_states, work_grads, owner, copies = {}, {}, {}, []
+        batches: dict[tuple, list[Tensor]] = {}
+        for param, grad in zip(layout.staged, grads):
+            local = local_tensor(param).detach()
+            work = local if is_dense(local) else local.contiguous()
+            if work is not local:
+                copies.append((local, work))
+            grad = local_tensor(grad)
+            work_grads[id(work)] = grad if same_layout(grad, work) else torch.empty_like(work).copy_(grad)
+            work_state = {}
+            for name, value in states.get(param, {}).items():
+                value = local_tensor(value)
+                if name != "step" and not same_layout(value, work):
+                    copy = torch.empty_like(work).copy_(value)
+                    copies.append((value, copy))
+                    value = copy
+                work_state[name] = value
+            work_states[work] = work_state
+            owner[id(work)] = param
+            step = work_state.get("step")
+            batches.setdefault((work.dtype, None if step is None else step.dtype), []).append(work)
+        moved = []
+        for (_, step_dtype), batch in batches.items():
+            fresh = [id(owner[id(w)]) in layout.staged_fresh for w in batch]
+            plan = build_plan(rule, batch, work_states, tuple(fills), fresh, step_dtype)
+            addresses = (plan.param_addresses, _addresses([work_grads[id(w)] for w in batch]))
+            stepped = fused_step(
+                rule, plan, addresses, hp, decoupled_weight_decay=decoupled_weight_decay, report_moved=report_moved
+            )
+            moved += [owner[id(w)] for w in stepped]
+        layout.staged_fresh.clear()
+        for target, source in copies:
+            target.copy_(source)
+        return moved
 
 
 def readable(tensors: Sequence[Tensor]) -> list[bool]:
-    """Per tensor: a numba kernel can read it (contiguous, on the CPU, of a supported dtype)."""
+    """Per tensor: the kernel's loops can read it in place (dense, on the CPU, of a supported dtype)."""
     locals_ = list(map(local_tensor, tensors))
-    if _contiguous_on_cpu(locals_) and set(map(_dtype_of, locals_)) <= STORAGE_TYPES.keys():
-        return [True] * len(locals_)
-    return [eligible(t, t) for t in locals_]
+    try:
+        if all(map(Tensor.is_contiguous, locals_)) and all(map(_is_cpu, locals_)):
+            if all(storage_dtype(dtype) in STORAGE_TYPES for dtype in set(map(_dtype_of, locals_))):
+                return [True] * len(locals_)
+    except RuntimeError:  # layouts without strides
+        pass
+    return [_supported(t) and is_dense(t) for t in locals_]
 
 
-def all_finite(grads: Sequence[Tensor]) -> bool:
+def all_finite(rule: Rule, grads: Sequence[Tensor]) -> bool:
     """Whether every element of ``grads`` (all ``readable``) is finite."""
+    loops = loops_for(rule.name, rule.update)
     by_dtype: dict[torch.dtype, list[Tensor]] = {}
     for grad in map(local_tensor, grads):
-        by_dtype.setdefault(grad.dtype, []).append(grad)
+        by_dtype.setdefault(storage_dtype(grad.dtype), []).append(grad)
     for dtype, tensors in by_dtype.items():
-        addresses = np.fromiter(map(Tensor.data_ptr, tensors), np.int64, len(tensors))
-        numels = np.fromiter(map(Tensor.numel, tensors), np.int64, len(tensors))
-        if not _all_finite(addresses, *_work_items(numels), np.zeros(0, STORAGE_TYPES[dtype])).all():
+        elements = np.array([_element_count(t) for t in tensors], np.int64)
+        items, starts, ends = _work_items(elements)
+        if not loops.run("all_finite", (dtype,), _addresses(tensors), items, starts, ends, _like(dtype)).all():
             return False
     return True

@@ -1,9 +1,13 @@
 """``adamkit.rules.ops`` on single numbers, for rules compiled by numba.
 
-Each operation rounds exactly as torch's CPU kernel for it does: ``lerp``,
-``add_scaled`` and ``addcmul`` are one fused multiply-add (torch vectorizes them with
-``fmadd``), everything else is a plain IEEE operation. ``sqrt`` is correctly rounded;
-torch's CPU ``sqrt`` comes from MKL and is not (see docs/architecture.md).
+The fused CPU kernel runs a rule bound to this module (``adamkit.rules.bind``): each
+name of ``ops.__all__`` is here as a stub that numba replaces with the implementation
+registered by ``@overload``. Every operation is correctly rounded: ``lerp``,
+``add_scaled``, ``addcmul`` and ``ema_square``'s last step are one fused multiply-add
+(as torch's vectorized CPU kernels compute them), everything else is a plain IEEE
+operation, ``sqrt`` included (the processor's instruction; torch's CPU ``sqrt`` comes
+from MKL or SLEEF and is not correctly rounded). numba compiles without fast-math, so
+LLVM neither reorders nor contracts anything: the bits do not depend on the CPU.
 
 Parameters and state may be stored in a narrower type than the one computed in:
 ``load`` and ``store`` move values between storage and compute types (bf16 and fp16
@@ -14,12 +18,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 from numba.np.numpy_support import as_dtype
-from llvmlite import ir
 
-from adamkit.rules import ops
 
 # numba has no bf16 or fp16 arrays; their bits travel as 16-bit integers.
 STORAGE_TYPES = {
@@ -70,7 +73,7 @@ def _float_to_half(typingctx, value):
     return types.int16(types.float32), codegen
 
 
-@njit(inline="always")
+@njit
 def _bfloat16_bits(value):
     bits = np.uint32(np.float32(value).view(np.uint32))
     if value != value:
@@ -86,93 +89,137 @@ def store(pointer, index, value):
     """Round ``value`` to the storage type and write it at ``index``."""
 
 
+def _load_bfloat16(pointer, index):
+    return np.uint32(np.uint32(pointer[index]) << np.uint32(16)).view(np.float32)
+
+
+def _load_half(pointer, index):
+    return _half_to_float(pointer[index])
+
+
+def _load_native(pointer, index):
+    return pointer[index]
+
+
+def _store_bfloat16(pointer, index, value):
+    pointer[index] = _bfloat16_bits(value)
+
+
+def _store_half(pointer, index, value):
+    pointer[index] = _float_to_half(value)
+
+
+def _store_native(pointer, index, value):
+    pointer[index] = value
+
+
 @overload(load, inline="always")
 def _load(pointer, index):
-    dtype = pointer.dtype
-    if dtype == types.uint16:
-        return lambda pointer, index: np.uint32(np.uint32(pointer[index]) << np.uint32(16)).view(np.float32)
-    if dtype == types.int16:
-        return lambda pointer, index: _half_to_float(pointer[index])
-    return lambda pointer, index: pointer[index]
+    return {types.uint16: _load_bfloat16, types.int16: _load_half}.get(pointer.dtype, _load_native)
 
 
 @overload(store, inline="always")
 def _store(pointer, index, value):
-    dtype = pointer.dtype
-    if dtype == types.uint16:
-        def store_bfloat16(pointer, index, value):
-            pointer[index] = _bfloat16_bits(value)
-        return store_bfloat16
-    if dtype == types.int16:
-        def store_half(pointer, index, value):
-            pointer[index] = _float_to_half(value)
-        return store_half
-
-    def store_native(pointer, index, value):
-        pointer[index] = value
-    return store_native
+    return {types.uint16: _store_bfloat16, types.int16: _store_half}.get(pointer.dtype, _store_native)
 
 
-@overload(ops.lerp, inline="always")
+# The operations of ``adamkit.rules.ops.__all__``, one stub each; rules bound to this module call these.
+def lerp(start, end, weight):
+    """``start + weight * (end - start)``, rounded once."""
+
+
+def add_scaled(a, b, alpha):
+    """``a + alpha * b``, rounded once."""
+
+
+def addcmul(a, b, c, value):
+    """``a + value * b * c``, the last step rounded once."""
+
+
+def addcdiv(a, b, c, value):
+    """``a + value * b / c``."""
+
+
+def ema_square(average, x, decay, weight):
+    """``decay * average + weight * x^2``."""
+
+
+def sqrt(x):
+    """Correctly rounded square root."""
+
+
+def sign(x):
+    """1, -1 or 0 (also for NaN)."""
+
+
+def maximum(a, b):
+    """The larger value; NaN wins."""
+
+
+def clone(x):
+    """The value itself (numbers are not shared)."""
+
+
+def _maximum_impl(a, b):
+    if a != a:
+        return a
+    if b != b:
+        return b
+    return b if b > a else a
+
+
+@overload(lerp, inline="always")
 def _lerp(start, end, weight):
     one = as_dtype(start).type(1)
 
-    def lerp(start, end, weight):
+    def lerp_impl(start, end, weight):
         # torch's formula: the smaller of weight and 1 - weight multiplies the difference.
         if abs(weight) < 0.5:
             return fma(weight, end - start, start)
         return fma(weight - one, end - start, end)
 
-    return lerp
+    return lerp_impl
 
 
-@overload(ops.add_scaled, inline="always")
+@overload(add_scaled, inline="always")
 def _add_scaled(a, b, alpha):
     kind = as_dtype(a).type
     return lambda a, b, alpha: fma(b, kind(alpha), a)
 
 
-@overload(ops.addcmul, inline="always")
+@overload(addcmul, inline="always")
 def _addcmul(a, b, c, value):
     kind = as_dtype(a).type
     return lambda a, b, c, value: fma(kind(value) * b, c, a)
 
 
-@overload(ops.addcdiv, inline="always")
+@overload(addcdiv, inline="always")
 def _addcdiv(a, b, c, value):
     kind = as_dtype(a).type
     return lambda a, b, c, value: a + kind(value) * b / c
 
 
-@overload(ops.ema_square, inline="always")
+@overload(ema_square, inline="always")
 def _ema_square(average, x, decay, weight):
     return lambda average, x, decay, weight: fma(weight * x, x, average * decay)
 
 
-@overload(ops.sqrt, inline="always")
+@overload(sqrt, inline="always")
 def _sqrt(x):
     return lambda x: np.sqrt(x)
 
 
-@overload(ops.sign, inline="always")
+@overload(sign, inline="always")
 def _sign(x):
     kind = as_dtype(x).type
-    # torch.sign: 1, -1 or 0, and 0 for NaN.
     return lambda x: kind(x > 0) - kind(x < 0)
 
 
-@overload(ops.maximum, inline="always")
+@overload(maximum, inline="always")
 def _maximum(a, b):
-    def maximum(a, b):
-        if a != a:
-            return a
-        if b != b:
-            return b
-        return b if b > a else a
-
-    return maximum
+    return _maximum_impl
 
 
-@overload(ops.clone, inline="always")
+@overload(clone, inline="always")
 def _clone(x):
     return lambda x: x

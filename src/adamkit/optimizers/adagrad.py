@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from adamkit import rules
@@ -71,12 +70,6 @@ class Adagrad(RuleOptimizer):
 
     def state_fills(self, group: dict) -> dict[str, float]:
         return {"sum": group["initial_accumulator_value"]}
-
-    def init_state(self, param: Tensor, group: dict) -> dict[str, Tensor]:
-        value = group["initial_accumulator_value"]
-        if torch.is_complex(param):
-            value = complex(value, value)
-        return {"sum": torch.full_like(param, value, memory_format=torch.preserve_format)}
 
     def check_grad(self, param: Tensor, group: dict) -> None:
         if param.grad.is_sparse and group["weight_decay"] != 0:

@@ -13,7 +13,6 @@ from typing import Any, ClassVar
 import math
 import operator
 import warnings
-from itertools import repeat
 
 import torch
 from torch import Tensor
@@ -21,6 +20,7 @@ from torch.optim import Optimizer
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from adamkit.kernels import eager_step, fused_cpu
+from adamkit.kernels.fused_cpu import FusedCpuKernel
 from adamkit.rules import Rule
 from adamkit.state import allocate_flat_state
 
@@ -127,7 +127,7 @@ class RuleOptimizer(Optimizer):
         self.skipped_steps = 0
         self.frozen: set[Tensor] = set()
         self._warned_zero_grad: set[Tensor] = set()
-        self._plans: dict[int, fused_cpu.GroupLayout] = {}  # by id(group)
+        self._fused = FusedCpuKernel()
         self.last_step_kernels: dict[str, int] = {}
         if self.eager_state:
             for group in self.param_groups:
@@ -144,12 +144,14 @@ class RuleOptimizer(Optimizer):
         raise NotImplementedError
 
     def init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-        """The algorithm's state tensors for a parameter seen for the first time."""
-        return {
-            name: torch.full_like(param, fill, memory_format=torch.preserve_format)
-            for name, fill in self.state_fills(group).items()
-            if fill is not None
-        }
+        """The algorithm's state tensors for a parameter seen for the first time, each
+        real component at its fill (a complex one at ``fill + fill j``, as torch's Adagrad)."""
+        state = {}
+        for name, fill in self.state_fills(group).items():
+            if fill is not None:
+                state[name] = torch.empty_like(param, memory_format=torch.preserve_format)
+                (torch.view_as_real(state[name]) if param.is_complex() else state[name]).fill_(fill)
+        return state
 
     def decoupled_weight_decay(self, group: dict[str, Any]) -> bool:
         return bool(group.get("decoupled_weight_decay", False))
@@ -166,7 +168,7 @@ class RuleOptimizer(Optimizer):
         self.__dict__.setdefault("skipped_steps", 0)
         self.__dict__.setdefault("frozen", set())
         self.__dict__.setdefault("_warned_zero_grad", set())
-        self.__dict__.setdefault("_plans", {})
+        self.__dict__.setdefault("_fused", FusedCpuKernel())
         self.__dict__.setdefault("last_step_kernels", {})
         for group in self.param_groups:
             for key, default in self.flag_defaults.items():
@@ -186,22 +188,20 @@ class RuleOptimizer(Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's ``load_state_dict``; then the fused kernel's state moves into flat buffers."""
         super().load_state_dict(state_dict)
-        self._plans.clear()
+        self._fused.forget()
         for group in self.param_groups:
             if not self.uses_fused_kernel(group):
                 continue
             batches: dict[tuple, list[Tensor]] = {}
             for p in group["params"]:
                 state = self.state.get(p)
-                if state and fused_cpu.eligible(p, p):  # the layout of p; grads are checked each step
-                    key = (p.dtype, tuple(name for name in state if name != "step"), "step" in state)
+                if state and fused_cpu.takes(p, p) and all(map(torch.is_tensor, state.values())):
+                    step = state.get("step")
+                    key = (p.dtype, tuple(name for name in state if name != "step"), None if step is None else step.dtype)
                     batches.setdefault(key, []).append(p)
-            for (_, names, has_step), params in batches.items():
+            for (_, names, step_dtype), params in batches.items():
                 moved = allocate_flat_state(
-                    params,
-                    dict.fromkeys(names, 0.0),
-                    step_dtype=self.state[params[0]]["step"].dtype if has_step else None,
-                    initial=[self.state[p] for p in params],
+                    params, dict.fromkeys(names, 0.0), step_dtype=step_dtype, initial=[self.state[p] for p in params]
                 )
                 for p, state in zip(params, moved):
                     self.state[p] = state
@@ -235,7 +235,7 @@ class RuleOptimizer(Optimizer):
         if self.uses_fused_kernel(group):
             batches: dict[torch.dtype, list[Tensor]] = {}
             for p in params:
-                if fused_cpu.eligible(p, p):
+                if fused_cpu.takes(p, p):
                     batches.setdefault(p.dtype, []).append(p)
             fills = {name: fill for name, fill in self.state_fills(group).items() if fill is not None}
             step_dtype = scalar_dtype(group.get("fused")) if self.counts_steps else None
@@ -351,7 +351,8 @@ class RuleOptimizer(Optimizer):
         grads = list(map(_grad_of, params))
         flags = fused_cpu.readable(grads)
         other = [p for p, readable in zip(params, flags) if not readable]
-        return fused_cpu.all_finite([g for g, readable in zip(grads, flags) if readable]) and all(
+        readable = [g for g, flag in zip(grads, flags) if flag]
+        return fused_cpu.all_finite(type(self).update_rule, readable) and all(
             math.isfinite(low) and math.isfinite(high) for low, high in self._grad_extremes(other).values()
         )
 
@@ -382,70 +383,30 @@ class RuleOptimizer(Optimizer):
         )
 
     def _fused_group_step(self, group: dict[str, Any], hp: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
-        """Step the group's fused-eligible parameters. Returns the rest, for the eager
-        kernel, and the stepped ones whose all-zero gradient did not keep them still."""
+        """Step what the fused kernel takes of the group's unfrozen parameters with a
+        gradient. Returns the rest, for the eager kernel, and the stepped ones whose
+        all-zero gradient did not keep them still."""
         frozen = self.frozen
-        with_grad = group["params"]
-        grads = list(map(_grad_of, with_grad))
-        if frozen or any(map(operator.is_, grads, repeat(None))):
-            active = [(p, g) for p, g in zip(with_grad, grads) if g is not None and p not in frozen]
-            with_grad, grads = [p for p, _ in active], [g for _, g in active]
-        layout = self._plans.get(id(group))
-        steps = None
-        if (
-            layout is not None
-            and len(layout.with_grad) == len(with_grad)
-            and all(map(operator.is_, layout.with_grad, with_grad))
-            and not any(fused_cpu.eligible(p, p.grad) for p in layout.ineligible)
-        ):
-            steps = self._addresses(layout, with_grad, grads)
-        if steps is None or any(addresses is None for _, addresses in steps):
-            layout = self._lay_out(group, list(with_grad))
-            steps = self._addresses(layout, with_grad, grads)
-            layout.rest.extend(p for plan, addresses in steps if addresses is None for p in plan.params)
-            steps = [(plan, addresses) for plan, addresses in steps if addresses is not None]
-        moved = []
-        for plan, addresses in steps:
-            moved += fused_cpu.fused_step(
-                type(self).update_rule,
-                plan,
-                addresses,
-                hp,
-                decoupled_weight_decay=self.decoupled_weight_decay(group),
-                report_moved=self.warn_zero_grad_update,
-            )
-            self.last_step_kernels["fused_cpu"] = self.last_step_kernels.get("fused_cpu", 0) + len(plan.params)
-        return layout.rest, moved
-
-    def _addresses(self, layout: fused_cpu.GroupLayout, with_grad: list[Tensor], grads: list[Tensor]) -> list[tuple]:
-        if len(layout.plans) == 1 and not layout.rest:
-            return [(layout.plans[0], layout.plans[0].addresses(grads, self.state))]
-        grad_of = dict(zip(map(id, with_grad), grads))
-        return [(plan, plan.addresses([grad_of[id(p)] for p in plan.params], self.state)) for plan in layout.plans]
-
-    def _lay_out(self, group: dict[str, Any], with_grad: list[Tensor]) -> fused_cpu.GroupLayout:
-        """Sort ``with_grad`` into one fused plan per dtype and the rest, and remember that."""
-        by_dtype: dict[torch.dtype, list[Tensor]] = {}
-        ineligible = []
-        for p in with_grad:
-            if fused_cpu.eligible(p, p.grad):
-                by_dtype.setdefault(p.dtype, []).append(p)
-            else:
-                ineligible.append(p)
-        rest = list(ineligible)
-        step_dtype = scalar_dtype(group.get("fused")) if self.counts_steps else None
-        plans = []
-        for params in by_dtype.values():
-            plan = fused_cpu.plan(type(self).update_rule, params, self.state, self.state_fills(group), step_dtype=step_dtype)
-            if plan is None:
-                rest += params
-            else:
-                plans.append(plan)
-        for plan in plans:  # each plan saw the state before the next one added to it
-            plan.state_values = list(self.state.values())
-        layout = fused_cpu.GroupLayout(with_grad, plans, rest, ineligible)
-        self._plans[id(group)] = layout
-        return layout
+        params = group["params"]
+        grads = list(map(_grad_of, params))
+        if frozen or any(g is None for g in grads):
+            active = [(p, g) for p, g in zip(params, grads) if g is not None and p not in frozen]
+            params, grads = [p for p, _ in active], [g for _, g in active]
+        rest, moved, stepped = self._fused.step_group(
+            type(self).update_rule,
+            id(group),
+            params,
+            grads,
+            self.state,
+            self.state_fills(group),
+            scalar_dtype(group.get("fused")) if self.counts_steps else None,
+            hp,
+            decoupled_weight_decay=self.decoupled_weight_decay(group),
+            report_moved=self.warn_zero_grad_update,
+        )
+        if stepped:
+            self.last_step_kernels[self._fused.name] = self.last_step_kernels.get(self._fused.name, 0) + stepped
+        return rest, moved
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""
@@ -470,7 +431,8 @@ class RuleOptimizer(Optimizer):
             for group in self.param_groups:
                 hp = dict(group)
                 hp["lr"] = squeeze_scalar(group["lr"])
-                if self.uses_fused_kernel(group):
+                exact = self.uses_fused_kernel(group)
+                if exact:
                     rest, moved = self._fused_group_step(group, hp)
                     if self.warn_zero_grad_update:
                         self._warn_moved(moved)
@@ -494,6 +456,7 @@ class RuleOptimizer(Optimizer):
                     decoupled_weight_decay=self.decoupled_weight_decay(group),
                     step_as_tensor=bool(group.get("capturable") or group.get("differentiable")),
                     complex_as_real=self.complex_as_real,
+                    exact=exact,
                 )
                 self.last_step_kernels["eager"] = self.last_step_kernels.get("eager", 0) + len(params)
                 self._warn_moved([p for p, old in zip(zero_grad_params, before) if not torch.equal(p.detach(), old)])

@@ -13,17 +13,22 @@ for-loop implementation, so the eager kernel's results agree with it bit for bit
 from adamkit.rules.adagrad import adagrad
 from adamkit.rules.adam import adam, bias_corrections
 from adamkit.rules.rmsprop import rmsprop
-from adamkit.rules.rule import Rule
+from adamkit.rules.rule import Rule, bind
+from adamkit.rules.scalars import EXACT, TORCH, ScalarMath
 from adamkit.rules.sgd import sgd
 from adamkit.rules.transforms import DecayCoefficients, decay_coefficients, maximize_and_weight_decay
 from adamkit.rules.yogi import yogi
 
 __all__ = [
     "DecayCoefficients",
+    "EXACT",
     "Rule",
+    "ScalarMath",
+    "TORCH",
     "adagrad",
     "adam",
     "bias_corrections",
+    "bind",
     "decay_coefficients",
     "maximize_and_weight_decay",
     "rmsprop",

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from adamkit.rules import ops
 from adamkit.rules.rule import Rule
+from adamkit.rules.scalars import TORCH, ScalarMath
 
 
 class AdagradCoefficients(NamedTuple):
@@ -17,7 +18,9 @@ class AdagradCoefficients(NamedTuple):
     neg_clr: Any
 
 
-def adagrad_coefficients(hp: Mapping, step: float | Tensor, fresh: bool = False) -> AdagradCoefficients:
+def adagrad_coefficients(
+    hp: Mapping, step: float | Tensor, fresh: bool = False, scalars: ScalarMath = TORCH
+) -> AdagradCoefficients:
     """At step ``step`` (1 on the first call) the rate is ``lr / (1 + (step - 1) lr_decay)``."""
     return AdagradCoefficients(hp["eps"], -(hp["lr"] / (1 + (step - 1) * hp["lr_decay"])))
 
@@ -45,7 +48,7 @@ def adagrad_sparse_update(param: Tensor, grad: Tensor, state_sum: Tensor, c: Ada
     grad = grad.coalesce()
     indices, values = grad._indices(), grad._values()
     state_sum = state_sum.add(_sparse_like(grad, indices, values.pow(2)))
-    std_values = state_sum.sparse_mask(grad)._values().sqrt_().add_(c.eps)
+    std_values = ops.sqrt(state_sum.sparse_mask(grad)._values()).add_(c.eps)
     return param.add(_sparse_like(grad, indices, values / std_values), alpha=c.neg_clr), state_sum
 
 

@@ -9,6 +9,7 @@ from torch import Tensor, is_tensor
 
 from adamkit.rules import ops
 from adamkit.rules.rule import Rule
+from adamkit.rules.scalars import TORCH, ScalarMath
 
 
 class AdamCoefficients(NamedTuple):
@@ -21,29 +22,29 @@ class AdamCoefficients(NamedTuple):
     amsgrad: bool
 
 
-def bias_corrections(hp: Mapping, step: float | Tensor) -> tuple[Any, Any, Any]:
+def bias_corrections(hp: Mapping, step: float | Tensor, scalars: ScalarMath = TORCH) -> tuple[Any, Any, Any]:
     """``(denom_scale, denom_shift, step_scale)`` of Adam's bias-corrected update.
 
     The update is ``param + step_scale * m / (sqrt(v) / denom_scale + denom_shift)``;
     with a float step that is ``-lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t)
-    + eps)``. A tensor step (capturable, differentiable) folds the step size into the
-    denominator instead, as torch does: turning it into a Python number would sync the
-    device and cut the autograd graph.
+    + eps)``, with powers and square root from ``scalars``. A tensor step (capturable,
+    differentiable) folds the step size into the denominator instead, as torch does:
+    turning it into a Python number would sync the device and cut the autograd graph.
     """
     lr, eps = hp["lr"], hp["eps"]
     beta1, beta2 = hp["betas"]
-    bias_correction1 = 1 - beta1**step
-    bias_correction2 = 1 - beta2**step
-    step_size = lr / bias_correction1
     if is_tensor(step):
-        step_size_neg = -step_size
-        return bias_correction2.sqrt() * step_size_neg, eps / step_size_neg, 1
-    return bias_correction2**0.5, eps, -step_size
+        step_size_neg = -(lr / (1 - beta1**step))
+        return (1 - beta2**step).sqrt() * step_size_neg, eps / step_size_neg, 1
+    step_size = lr / (1 - scalars.power(beta1, step))
+    return scalars.sqrt(1 - scalars.power(beta2, step)), eps, -step_size
 
 
-def adam_coefficients(hp: Mapping, step: float | Tensor, fresh: bool = False) -> AdamCoefficients:
+def adam_coefficients(
+    hp: Mapping, step: float | Tensor, fresh: bool = False, scalars: ScalarMath = TORCH
+) -> AdamCoefficients:
     beta1, beta2 = hp["betas"]
-    return AdamCoefficients(1 - beta1, beta2, 1 - beta2, *bias_corrections(hp, step), bool(hp["amsgrad"]))
+    return AdamCoefficients(1 - beta1, beta2, 1 - beta2, *bias_corrections(hp, step, scalars), bool(hp["amsgrad"]))
 
 
 def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, c: AdamCoefficients):

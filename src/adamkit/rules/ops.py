@@ -3,9 +3,10 @@
 A rule's ``update`` uses plain arithmetic (``+ - * /``) and these functions, nothing
 else. Each one is the torch operation ``torch.optim``'s for-loop uses, with the same
 rounding: ``lerp``, ``add_scaled`` and ``addcmul`` round once (a fused multiply-add on
-CPU), ``addcdiv`` computes ``a + (value * b) / c``. A kernel that runs rules on scalars
-(``adamkit.kernels.fused_cpu``) supplies its own implementation of each, with the same
-rounding, so one rule serves every kernel.
+CPU), ``addcdiv`` computes ``a + (value * b) / c``. ``__all__`` is the whole set: a
+kernel that runs rules another way (on single numbers, or with a correctly rounded
+``sqrt``) supplies its own implementation of each and runs the rule bound to it
+(``adamkit.rules.bind``), so one rule serves every kernel.
 
     >>> import torch
     >>> lerp(torch.tensor([0.0]), torch.tensor([1.0]), 0.25)
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+__all__ = ["lerp", "add_scaled", "addcmul", "addcdiv", "ema_square", "sqrt", "sign", "maximum", "clone"]
 
 
 def _requires_grad(value) -> bool:

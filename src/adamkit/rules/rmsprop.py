@@ -9,6 +9,7 @@ from torch import Tensor
 
 from adamkit.rules import ops
 from adamkit.rules.rule import Rule
+from adamkit.rules.scalars import TORCH, ScalarMath
 
 
 class RMSpropCoefficients(NamedTuple):
@@ -20,7 +21,9 @@ class RMSpropCoefficients(NamedTuple):
     neg_lr: Any
 
 
-def rmsprop_coefficients(hp: Mapping, step: float | Tensor, fresh: bool = False) -> RMSpropCoefficients:
+def rmsprop_coefficients(
+    hp: Mapping, step: float | Tensor, fresh: bool = False, scalars: ScalarMath = TORCH
+) -> RMSpropCoefficients:
     alpha = hp["alpha"]
     return RMSpropCoefficients(alpha, 1 - alpha, hp["eps"], bool(hp["centered"]), hp["momentum"], -hp["lr"])
 

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 
 @dataclass(frozen=True)
 class Rule:
     """An optimization algorithm's math, independent of how it is run.
 
-    ``coefficients(hp, step, fresh)`` turns a parameter group's hyperparameters and a
-    step number (None for algorithms that count no steps) into the scalars of one step:
-    a NamedTuple of numbers and flags, tensors on the capturable and differentiable
-    paths. ``fresh`` says the parameter has no value in its first slot yet (SGD starts
-    its momentum buffer from the gradient). ``update(param, grad, s0, s1, s2, c)``
-    is the elementwise update: it takes the values of up to three state ``slots`` (a
-    slot the parameter does not have is None) and returns ``(param, s0, s1, s2)``.
-    It is written with ``adamkit.rules.ops`` and plain arithmetic only, so it runs on
-    whole tensors (the eager kernel) as well as on single numbers (the fused kernel).
+    ``coefficients(hp, step, fresh, scalars)`` turns a parameter group's
+    hyperparameters and a step number (None for algorithms that count no steps) into
+    the scalars of one step: a NamedTuple of numbers and flags, tensors on the
+    capturable and differentiable paths. ``fresh`` says the parameter has no value in
+    its first slot yet (SGD starts its momentum buffer from the gradient); ``scalars``
+    (``adamkit.rules.scalars``) supplies powers and square roots, torch's or correctly
+    rounded ones. ``update(param, grad, s0, s1, s2, c)`` is the elementwise update: it
+    takes the values of up to three state ``slots`` (a slot the parameter does not have
+    is None) and returns ``(param, s0, s1, s2)``. It is written with
+    ``adamkit.rules.ops`` and plain arithmetic only, so it runs on whole tensors (the
+    eager kernel) as well as on single numbers (the fused kernels).
 
     ``sparse_update(param, grad, state, c)``, where present, handles sparse gradients
     (eager kernel only).
@@ -29,3 +33,27 @@ class Rule:
     coefficients: Callable
     update: Callable
     sparse_update: Callable | None = None
+
+
+@lru_cache(maxsize=None)
+def bind(function: Callable, ops: types.ModuleType) -> Callable:
+    """``function`` (an update or transform) with ``ops.*`` calls going to ``ops``.
+
+    Rules call ``ops.lerp``, ``ops.sqrt``... by the module-level name ``ops``; a kernel
+    that implements those operations differently runs the same code with its own
+    module in that name's place.
+
+    >>> import math
+    >>> def norm(x, y):
+    ...     return ops.sqrt(x * x + y * y)
+    >>> bind(norm, math)(3.0, 4.0)
+    5.0
+    """
+    namespace = dict(function.__globals__, ops=ops)
+    bound = types.FunctionType(
+        function.__code__, namespace, function.__name__, function.__defaults__, function.__closure__
+    )
+    bound.__qualname__ = function.__qualname__
+    bound.__doc__ = function.__doc__
+    bound.__module__ = function.__module__
+    return bound

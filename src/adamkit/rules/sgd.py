@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 from adamkit.rules import ops
 from adamkit.rules.rule import Rule
+from adamkit.rules.scalars import TORCH, ScalarMath
 
 
 class SGDCoefficients(NamedTuple):
@@ -17,7 +18,7 @@ class SGDCoefficients(NamedTuple):
     first_step: bool
 
 
-def sgd_coefficients(hp: Mapping, step: None, fresh: bool) -> SGDCoefficients:
+def sgd_coefficients(hp: Mapping, step: None, fresh: bool, scalars: ScalarMath = TORCH) -> SGDCoefficients:
     """SGD counts no steps; ``fresh`` (no momentum buffer yet) starts the buffer from the gradient."""
     return SGDCoefficients(hp["momentum"], 1 - hp["dampening"], bool(hp["nesterov"]), -hp["lr"], fresh)
 

@@ -10,6 +10,7 @@ from torch import Tensor
 from adamkit.rules import ops
 from adamkit.rules.adam import bias_corrections
 from adamkit.rules.rule import Rule
+from adamkit.rules.scalars import TORCH, ScalarMath
 
 
 class YogiCoefficients(NamedTuple):
@@ -20,9 +21,11 @@ class YogiCoefficients(NamedTuple):
     step_scale: Any
 
 
-def yogi_coefficients(hp: Mapping, step: float | Tensor, fresh: bool = False) -> YogiCoefficients:
+def yogi_coefficients(
+    hp: Mapping, step: float | Tensor, fresh: bool = False, scalars: ScalarMath = TORCH
+) -> YogiCoefficients:
     beta1, beta2 = hp["betas"]
-    return YogiCoefficients(1 - beta1, 1 - beta2, *bias_corrections(hp, step))
+    return YogiCoefficients(1 - beta1, 1 - beta2, *bias_corrections(hp, step, scalars))
 
 
 def yogi_update(param, grad, exp_avg, exp_avg_sq, unused, c: YogiCoefficients):

@@ -14,6 +14,34 @@ def local_tensor(t: Tensor) -> Tensor:
     return to_local() if to_local is not None else t
 
 
+def is_dense(t: Tensor) -> bool:
+    """``t``'s elements fill one block of memory without gaps or overlaps, in any
+    dimension order (contiguous, transposed, channels_last...).
+
+    >>> is_dense(torch.zeros(3, 4).t()), is_dense(torch.zeros(3, 4)[:, ::2])
+    (True, False)
+    """
+    if t.layout is not torch.strided:
+        return False
+    if t.numel() == 0:
+        return True
+    expected = 1
+    for stride, size in sorted((stride, size) for size, stride in zip(t.shape, t.stride()) if size != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _view_like(chunk: Tensor, local: Tensor) -> Tensor:
+    """``chunk`` (1-D, ``local.numel()`` elements) viewed with ``local``'s shape, and its
+    strides where ``local`` is dense: then element i of one is element i of the other
+    in memory, which is what a fused kernel walks."""
+    if is_dense(local):
+        return chunk.as_strided(local.shape, local.stride())
+    return chunk.view(local.shape)
+
+
 def _like_param(local: Tensor, param: Tensor) -> Tensor:
     """``local`` wrapped as a DTensor placed like ``param`` when ``param`` is one."""
     if local_tensor(param) is param:
@@ -34,11 +62,13 @@ def allocate_flat_state(
 ) -> list[dict[str, Tensor]]:
     """New state for ``params`` (one device and dtype), each entry a view into a shared buffer.
 
-    ``fills`` names the state tensors and their initial value; ``initial``, if given,
-    holds existing per-parameter values to copy in instead (a loaded checkpoint). With
-    ``step_dtype``, each parameter also gets a 0-dim ``step`` view into one buffer of
-    step counts, as torch's 0-dim ``step`` tensors. State tensors are shaped like the
-    parameter (DTensors for DTensor parameters) and contiguous.
+    ``fills`` names the state tensors and their initial value, per real component (a
+    complex parameter's state starts at ``fill + fill j``, as torch's Adagrad does);
+    ``initial``, if given, holds existing per-parameter values to copy in instead (a
+    loaded checkpoint). With ``step_dtype``, each parameter also gets a 0-dim ``step``
+    view into one buffer of step counts, as torch's 0-dim ``step`` tensors. State
+    tensors have the parameter's shape and, for a dense parameter, its strides
+    (DTensors for DTensor parameters).
 
     >>> a, b = torch.zeros(2, 3), torch.zeros(4)
     >>> states = allocate_flat_state([a, b], {"exp_avg": 0.0}, step_dtype=torch.float32)
@@ -56,9 +86,10 @@ def allocate_flat_state(
                 steps[index] = initial[index]["step"]
             state["step"] = steps[index]
     for name, fill in fills.items():
-        buffer = torch.full((sum(sizes),), fill, dtype=dtype, device=device)
+        buffer = torch.empty((sum(sizes),), dtype=dtype, device=device)
+        (torch.view_as_real(buffer) if dtype.is_complex else buffer).fill_(fill)
         for state, param, local, chunk, index in zip(states, params, locals_, buffer.split(sizes), range(len(params))):
-            view = chunk.view(local.shape)
+            view = _view_like(chunk, local)
             if initial is not None and name in initial[index]:
                 view.copy_(local_tensor(initial[index][name]))
             state[name] = _like_param(view, param)

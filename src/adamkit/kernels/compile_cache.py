@@ -1,0 +1,212 @@
+"""Where the fused CPU kernel's compiled code lives, and how processes share it.
+
+numba compiles ``cpu_loops`` for each rule on first use (seconds) and caches the
+result on disk beside the source it compiled. adamkit writes that source itself, one
+copy of the template per rule, into a cache folder it owns:
+
+- ``$ADAMKIT_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/adamkit`` (``~/.cache/adamkit``),
+  in a subfolder per numba and Python version. An installed package may be read-only;
+  this folder is the user's.
+- A copy's name carries a hash of everything its compiled code depends on (the
+  template, the rule's module, ``scalar_ops``, the shared transforms), so an edited
+  or upgraded rule gets a new copy and can never meet stale code. The three newest
+  copies per rule are kept, older ones deleted.
+- numba keys each entry by argument types, so every later process finds the entry an
+  earlier one wrote; each real specialization is compiled once.
+- Compiling and saving happen under an exclusive lock on ``.lock`` in the folder:
+  numba numbers its data files without locking, and two processes adding different
+  entries at once could otherwise pair an index entry with the other's code.
+- Nothing here is fatal: if the folder cannot be written or the cache fails while
+  compiling, the kernel is compiled without a cache and one warning says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import os
+import re
+import sys
+import types
+import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import numba
+import torch
+
+from adamkit.kernels import cpu_loops, scalar_ops
+from adamkit.rules import rule as rule_module
+from adamkit.rules import transforms
+
+KEEP_PER_RULE = 3
+_BINDING = re.compile(r"(# BINDING\n)(.*?)(# END BINDING\n)", re.S)
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no inter-process lock
+    fcntl = None
+
+
+def cache_dir() -> Path:
+    """The folder holding compiled kernels for this numba and Python.
+
+    >>> cache_dir().name.startswith("numba-")
+    True
+    """
+    root = os.environ.get("ADAMKIT_CACHE_DIR")
+    if root is None:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "adamkit"
+    return Path(root) / f"numba-{numba.__version__}-py{sys.version_info[0]}{sys.version_info[1]}"
+
+
+def _with_binding(binding: str) -> str:
+    template = Path(cpu_loops.__file__).read_text()
+    return _BINDING.sub(lambda m: m[1] + binding + m[3], template, count=1)
+
+
+def _fingerprint(text: str, update: Callable) -> str:
+    digest = hashlib.sha256(text.encode())
+    for module in (inspect.getmodule(update), scalar_ops, transforms, rule_module):
+        digest.update(Path(inspect.getsourcefile(module)).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _import(path: Path) -> types.ModuleType:
+    name = f"adamkit_compiled_{path.stem}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # numba finds a cached function's module here
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def _prune(folder: Path, rule_name: str, keep: Path) -> None:
+    copies = sorted(folder.glob(f"{rule_name}-*.py"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in [p for p in copies if p != keep][KEEP_PER_RULE - 1 :]:
+        for path in [old, *(folder / "__pycache__").glob(f"{old.stem}.*")]:
+            path.unlink(missing_ok=True)
+
+
+def _cached_module(rule_name: str, update: Callable) -> types.ModuleType:
+    """Write (once) and import this rule's copy of the template in the cache folder."""
+    if "<" in update.__qualname__:
+        raise ValueError(f"{update.__qualname__} cannot be imported by name")
+    text = _with_binding(f"from {update.__module__} import {update.__qualname__} as rule_update\n\nCACHE = True\n")
+    folder = cache_dir()
+    path = folder / f"{rule_name}-{_fingerprint(text, update)}.py"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(text)
+        try:
+            os.link(temporary, path)  # never replaces: numba keys its cache on the file's mtime
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink(missing_ok=True)
+        _prune(folder, rule_name, path)
+    return _import(path)
+
+
+def _uncached_module(rule_name: str, update: Callable) -> types.ModuleType:
+    """The template compiled in memory, with ``update`` bound and numba's cache off."""
+    text = _with_binding("rule_update = rule_update\n\nCACHE = False\n")
+    module = types.ModuleType(f"adamkit_uncached_{rule_name}_{id(update):x}")
+    module.__dict__["rule_update"] = update
+    sys.modules[module.__name__] = module
+    exec(compile(text, cpu_loops.__file__, "exec"), module.__dict__)
+    return module
+
+
+_warned = False
+
+
+def _warn_uncached(reason: BaseException) -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(
+            f"adamkit: the compile cache in {cache_dir()} cannot be used "
+            f"({type(reason).__name__}: {reason}); kernels are compiled in each process instead. "
+            "Set ADAMKIT_CACHE_DIR to a writable folder to cache them.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+@contextmanager
+def _locked(folder: Path):
+    if fcntl is None:
+        yield
+        return
+    with open(folder / ".lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class CompiledLoops:
+    """The template's loops compiled for one rule; call them through ``run``."""
+
+    def __init__(self, rule_name: str, update: Callable) -> None:
+        self._rule_name, self._update = rule_name, update
+        self._ready: set = set()
+        try:
+            self.module, self.cached = _cached_module(rule_name, update), True
+        except Exception as error:  # noqa: BLE001 - any failure means: no cache
+            _warn_uncached(error)
+            self.module, self.cached = _uncached_module(rule_name, update), False
+
+    def run(self, name: str, key: tuple, *args):
+        """Call loop ``name`` with ``args``; ``key`` names the specialization the args need.
+
+        A specialization is compiled (or loaded from the cache) under the cache lock the
+        first time this process needs it. Parallel loops run on torch's thread count.
+        """
+        if (name, key) not in self._ready:
+            self._compile(name, args)
+            self._ready.add((name, key))
+        threads = torch.get_num_threads()
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        try:
+            return getattr(self.module, name)(*args)
+        finally:
+            if torch.get_num_threads() != threads:  # numba's OpenMP start-up resets it
+                torch.set_num_threads(threads)
+
+    def _compile(self, name: str, args: tuple) -> None:
+        signature = tuple(map(numba.typeof, args))
+        if not self.cached:
+            getattr(self.module, name).compile(signature)
+            return
+        try:
+            folder = cache_dir()
+            with _locked(folder):
+                getattr(self.module, name).compile(signature)
+        except Exception as error:  # noqa: BLE001 - retried without the cache, which raises real errors
+            _warn_uncached(error)
+            self.module, self.cached = _uncached_module(self._rule_name, self._update), False
+            self._ready.clear()
+            getattr(self.module, name).compile(signature)
+
+
+_loops: dict[Callable, CompiledLoops] = {}
+
+
+def loops_for(rule_name: str, update: Callable) -> CompiledLoops:
+    """The compiled loops for the rule with this name and update function."""
+    loops = _loops.get(update)
+    if loops is None:
+        loops = _loops[update] = CompiledLoops(rule_name, update)
+    return loops

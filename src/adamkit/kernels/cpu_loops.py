@@ -1,0 +1,100 @@
+"""The fused CPU kernel's loops (numba), compiled once per update rule.
+
+This module is a template. ``adamkit.kernels.compile_cache`` writes one copy of it per
+rule into the compile cache, with the lines between the BINDING markers naming that
+rule's update, imports the copy, and numba caches the compiled loops beside it. The
+rule is a global of the copy, never an argument: a compiled function passed as an
+argument would put a per-process identity into numba's cache key, so no later process
+would find the entry. Read as it is, this module binds Adam and compiles uncached.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from adamkit.kernels import scalar_ops
+from adamkit.kernels.scalar_ops import load, pointer, store
+from adamkit.rules import bind, maximize_and_weight_decay
+
+# BINDING
+from adamkit.rules.adam import adam_update as rule_update
+
+CACHE = False
+# END BINDING
+
+_JIT = {"error_model": "numpy", "cache": CACHE}
+_update = njit(error_model="numpy")(bind(rule_update, scalar_ops))
+_decay = njit(error_model="numpy")(bind(maximize_and_weight_decay, scalar_ops))
+
+
+@njit(parallel=True, **_JIT)
+def fused_pass(c, decay, like, params, grads, slot0, slot1, slot2, items, starts, ends, changed):
+    """Run the rule's update over every element of the work items.
+
+    A slot the parameters lack is None: numba then compiles that slot's code away (a
+    store that might alias the gradient would keep the loop from vectorizing), and the
+    rule reads the gradient in its place and never uses it. Unless ``changed`` is None
+    (also compiled away), it records per work item whether any parameter element changed.
+    """
+    for w in prange(items.shape[0]):
+        t = items[w]
+        p = pointer(params[t], like)
+        g = pointer(grads[t], like)
+        s0 = g if slot0 is None else pointer(slot0[t], like)
+        s1 = g if slot1 is None else pointer(slot1[t], like)
+        s2 = g if slot2 is None else pointer(slot2[t], like)
+        moved = False
+        for i in range(starts[w], ends[w]):
+            old = load(p, i)
+            new, decayed_grad = _decay(old, load(g, i), decay)
+            new, y0, y1, y2 = _update(new, decayed_grad, load(s0, i), load(s1, i), load(s2, i), c)
+            store(p, i, new)
+            if slot0 is not None:
+                store(s0, i, y0)
+            if slot1 is not None:
+                store(s1, i, y1)
+            if slot2 is not None:
+                store(s2, i, y2)
+            if changed is not None:
+                moved |= load(p, i) != old  # as stored: bf16/fp16 rounding may keep it
+        if changed is not None:
+            changed[w] = moved
+
+
+@njit(**_JIT)
+def advance_steps(addresses, like):
+    """Add 1 to each step counter (in its own dtype, as ``step += 1``) and return the new values."""
+    out = np.empty(addresses.shape[0], np.float64)
+    for k in range(addresses.shape[0]):
+        counter = pointer(addresses[k], like)
+        counter[0] = counter[0] + 1
+        out[k] = counter[0]
+    return out
+
+
+@njit(**_JIT)
+def all_zero(addresses, numels, like):
+    """Per tensor: every element is zero (and there is at least one). Most gradients
+    stop at their first element, so this costs next to nothing."""
+    zero = np.zeros(addresses.shape[0], np.bool_)
+    for t in range(addresses.shape[0]):
+        g = pointer(addresses[t], like)
+        zero[t] = numels[t] > 0
+        for i in range(numels[t]):
+            if load(g, i) != 0:
+                zero[t] = False
+                break
+    return zero
+
+
+@njit(parallel=True, **_JIT)
+def all_finite(addresses, items, starts, ends, like):
+    """Per work item: every element is finite. No early exit, so the loop vectorizes."""
+    finite = np.ones(items.shape[0], np.bool_)
+    for w in prange(items.shape[0]):
+        g = pointer(addresses[items[w]], like)
+        bad = False
+        for i in range(starts[w], ends[w]):
+            x = load(g, i)
+            bad |= x - x != 0  # NaN for NaN and for +-Inf
+        finite[w] = not bad
+    return finite

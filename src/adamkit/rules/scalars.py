@@ -1,0 +1,99 @@
+"""Scalar math for per-step coefficients: torch's Python expressions, or correctly rounded.
+
+``torch.optim``'s for-loop computes Adam's bias corrections with Python's ``**``, which
+calls the C library's ``pow``. That ``pow`` is not correctly rounded (glibc's misrounds
+about 0.07% of ``beta ** step`` and 0.1% of ``x ** 0.5``), and C libraries differ, so
+coefficients made with it may differ between machines. ``TORCH`` repeats torch's
+expressions (for the eager kernel's bit-for-bit parity); ``EXACT`` rounds every result
+once, so the default kernels' coefficients are the same everywhere.
+
+>>> EXACT.power(0.9, 3), EXACT.sqrt(0.25)
+(0.7290000000000001, 0.5)
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from fractions import Fraction
+from functools import lru_cache
+from typing import NamedTuple
+
+
+class ScalarMath(NamedTuple):
+    """The two operations coefficients need beyond + - * /."""
+
+    power: Callable[[float, float], float]
+    sqrt: Callable[[float], float]
+
+
+def _python_sqrt(x: float) -> float:
+    return x**0.5  # torch's expression: `bias_correction2 ** 0.5`
+
+
+def _truncated_product(a: int, b: int, bits: int) -> tuple[int, int]:
+    """``a * b`` cut to its top ``bits`` bits, and the number of bits cut."""
+    product = a * b
+    cut = max(0, product.bit_length() - bits)
+    return product >> cut, cut
+
+
+def _round_scaled(mantissa: int, exponent: int, error: int) -> float | None:
+    """``mantissa * 2**exponent`` rounded to the nearest double, or None when the true
+    value, within ``error`` units of ``mantissa``, could round either way."""
+    target = max(exponent + mantissa.bit_length() - 53, -1074)  # exponent of the result's last bit
+    shift = target - exponent
+    if shift <= 0:
+        return math.ldexp(mantissa, exponent)
+    kept, remainder = mantissa >> shift, mantissa & ((1 << shift) - 1)
+    half = 1 << (shift - 1)
+    if abs(remainder - half) <= error:
+        return None
+    try:
+        return math.ldexp(kept + (remainder > half), target)
+    except OverflowError:
+        return math.inf
+
+
+@lru_cache(maxsize=4096)
+def correctly_rounded_power(base: float, exponent: float) -> float:
+    """``base ** exponent`` rounded once, for an integer ``exponent`` >= 0 (a step count).
+
+    Powers by squaring on big integers carrying 128, then 256 bits: each product is cut
+    to that width, so the result is within ``2 * exponent + 2 * log2(exponent)`` units of
+    its last bit; when that leaves the rounding in doubt, a wider pass decides, and in
+    the end exact rational arithmetic (only ever needed when the power is exact, hence
+    short). Any other exponent falls back to Python's ``**``.
+    """
+    if exponent != int(exponent) or exponent < 0 or not math.isfinite(base):
+        return base**exponent
+    n = int(exponent)
+    if n <= 1 or base == 0:
+        return base**n
+    fraction, exponent2 = math.frexp(abs(base))
+    mantissa, scale = int(fraction * (1 << 53)), exponent2 - 53
+    negative = base < 0 and n % 2 == 1
+    for bits in (128, 256):
+        result, result_scale, power, power_scale, k, products = 1, 0, mantissa, scale, n, 0
+        while k:
+            if k & 1:
+                result, cut = _truncated_product(result, power, bits)
+                result_scale += power_scale + cut
+                products += 1
+            k >>= 1
+            if k:
+                power, cut = _truncated_product(power, power, bits)
+                power_scale = 2 * power_scale + cut
+                products += 1
+        # Relative error below (2n + products) * 2**(1 - bits); in units of the last bit of
+        # a `bits`-bit mantissa that is at most 2 * (2n + products) units.
+        rounded = _round_scaled(result, result_scale, 2 * (2 * n + products) + 2)
+        if rounded is not None:
+            return -rounded if negative else rounded
+    exact = float(Fraction(base) ** n)
+    return exact
+
+
+TORCH = ScalarMath(operator.pow, _python_sqrt)
+EXACT = ScalarMath(correctly_rounded_power, math.sqrt)
