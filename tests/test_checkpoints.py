@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import adamkit
+from adamkit.safety import checkpoints
 
 WORKER = Path(__file__).with_name("resume_worker.py")
 
@@ -95,12 +96,8 @@ def test_parameter_order_mismatch_is_named(saved):
 
 
 def test_state_tensor_shape_checked_against_its_parameter(saved, tmp_path):
-    path, model, optimizer = saved
-    payload = torch.load(path, weights_only=True)
-    payload["optimizer"]["state"][1]["exp_avg"] = torch.zeros(3)
-    bad = tmp_path / "bad.pt"
-    torch.save(payload, bad)
-    _assert_refused(bad, model, optimizer, r"state 'exp_avg' of 0.bias has shape \(3,\) but the parameter has shape \(8,\)")
+    bad = _tamper(saved, tmp_path, lambda p: p["optimizer"]["state"][1].__setitem__("exp_avg", torch.zeros(3)), reseal=True)
+    _assert_refused(*bad, r"state 'exp_avg' of 0.bias has shape \(3,\) but the parameter has shape \(8,\)")
 
 
 @pytest.mark.parametrize("damage", ["truncate", "corrupt", "garbage"])
@@ -165,3 +162,97 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path):
 
     resumed = _run_worker(str(ckpt), str(total), "--resume").stdout.split()[-1]
     assert resumed == uninterrupted
+
+
+def test_scientific_extra_round_trips(saved):
+    import argparse
+
+    import numpy as np
+
+    path, model, optimizer = saved
+    extra = {
+        "best": np.float64(0.5), "count": np.int64(3), "flag": np.bool_(True), "curve": np.linspace(0, 1, 5),
+        "numpy_rng": np.random.RandomState(0).get_state(), "generator": np.random.default_rng(0).bit_generator.state,
+        "args": argparse.Namespace(lr=0.1, name="run"), "torch_rng": torch.get_rng_state(),
+    }
+    adamkit.save_checkpoint(path, model, optimizer, extra=extra)
+    loaded = adamkit.load_checkpoint(path, *_setup(seed=1))
+    assert loaded["best"] == 0.5 and type(loaded["best"]) is np.float64
+    assert loaded["count"] == 3 and loaded["flag"] and np.array_equal(loaded["curve"], extra["curve"])
+    assert all(np.array_equal(a, b) for a, b in zip(loaded["numpy_rng"], extra["numpy_rng"]))
+    assert loaded["generator"] == extra["generator"] and loaded["args"] == extra["args"]
+    assert torch.equal(loaded["torch_rng"], extra["torch_rng"])
+
+
+class _Custom:
+    pass
+
+
+def test_extra_that_would_not_load_back_is_refused_at_save(saved):
+    path, model, optimizer = saved
+    old = path.read_bytes()
+    with pytest.raises(adamkit.CheckpointError, match=r"extra\['mine'\] \(_Custom\) could not be read back") as error:
+        adamkit.save_checkpoint(path, model, optimizer, extra={"fine": 1, "mine": _Custom()})
+    assert "\x1b" not in str(error.value)
+    assert path.read_bytes() == old
+
+
+def test_a_killed_save_leaves_nothing_behind_after_the_next_save(saved):
+    path, model, optimizer = saved
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(finished.stdout)
+    stale = path.parent / f".{path.name}.{dead_pid}.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    alive = path.parent / f".{path.name}.{os.getpid()}.def456.tmp"  # a save in progress elsewhere
+    alive.write_bytes(b"being written")
+    adamkit.save_checkpoint(path, model, optimizer)
+    assert not stale.exists() and alive.exists()
+
+
+def _tamper(saved, tmp_path, change, reseal=False):
+    """``saved``'s checkpoint changed by ``change``; with ``reseal``, as if written that
+    way (its checksum made anew)."""
+    path, model, optimizer = saved
+    payload = torch.load(path, weights_only=True)
+    change(payload)
+    if reseal:
+        payload["checksum"] = checkpoints._checksum(payload["model"], payload["optimizer"])
+    bad = tmp_path / "bad.pt"
+    torch.save(payload, bad)
+    return bad, model, optimizer
+
+
+TAMPERING = {
+    "no optimizer state": (lambda p: p["optimizer"].pop("state"), "lacks 'state' or 'param_groups'"),
+    "no param_names": (lambda p: p.pop("param_names"), "'param_names' entry is missing"),
+    "state of an unknown parameter": (lambda p: p["optimizer"]["state"].__setitem__(99, {}), "parameter 99, which no group lists"),
+    "a future version": (lambda p: p.__setitem__("version", 99), "version 99 is not one this adamkit reads"),
+    "a changed tensor value": (lambda p: p["model"]["0.weight"].view(-1)[3].add_(1e-6), "checksum does not match"),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERING))
+def test_malformed_checkpoints_are_refused_by_name(saved, tmp_path, case):
+    change, message = TAMPERING[case]
+    _assert_refused(*_tamper(saved, tmp_path, change), message)
+
+
+def test_flipped_byte_in_tensor_data_is_detected(saved, tmp_path):
+    path, model, optimizer = saved
+    data = bytearray(path.read_bytes())
+    weights = model[0].weight.detach().numpy().tobytes()
+    offset = bytes(data).find(weights)
+    assert offset > 0
+    data[offset + 5] ^= 0x10
+    flipped = tmp_path / "flipped.pt"
+    flipped.write_bytes(bytes(data))
+    _assert_refused(flipped, model, optimizer, "checksum does not match")
+
+
+def test_load_state_dict_refuses_state_shaped_unlike_its_parameter():
+    model, optimizer = _setup()
+    _train(model, optimizer)
+    state_dict = optimizer.state_dict()
+    state_dict["state"][0]["exp_avg"] = torch.tensor(0.0)
+    with pytest.raises(ValueError, match=r"'exp_avg' of parameter 0 has shape \(\), but the parameter has shape \(8, 4\)"):
+        optimizer.load_state_dict(state_dict)

@@ -311,6 +311,9 @@ def test_bench_json_has_every_implementation_and_shape_with_consistent_figures(c
         params = 3000 if r["shape"] == "3 x 1000" else 10000
         assert r["ms"] > 0 and r["dtype"] == "float32"
         assert r["gb_per_s"] == pytest.approx(7 * 4 * params / r["ms"] / 1e6)
+        assert (r["checks_ms"] is not None) == (r["implementation"] == "adamkit")
+        if r["checks_ms"] is not None:
+            assert 0 < r["checks_ms"] < r["ms"] * 10  # measured apart from the steps: noisy, but of their order
 
 
 def test_bench_table_shows_speedups_against_adamkit(capsys):
@@ -328,7 +331,7 @@ def test_bench_times_every_implementation_on_the_same_parameters():
     first, second = benchmark.make_params(shape, torch.float32), benchmark.make_params(shape, torch.float32)
     assert all(torch.equal(a, b) and torch.equal(a.grad, b.grad) and a is not b for a, b in zip(first, second))
     times = benchmark.time_steps(["adamkit", "torch for-loop"], shape, torch.float32, repeats=3, warmup=1)
-    assert set(times) == {"adamkit", "torch for-loop"} and all(ms > 0 for ms in times.values())
+    assert set(times) == {"adamkit", "adamkit checks", "torch for-loop"} and all(ms > 0 for ms in times.values())
 
 
 def test_bench_refuses_a_bad_shape_naming_it(capsys):

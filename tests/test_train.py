@@ -1,6 +1,7 @@
 """The airfoil loader, the d2l training loop and the `adamkit train` command."""
 
 import os
+import signal
 import subprocess
 import sys
 from importlib import resources
@@ -131,3 +132,30 @@ def test_python_dash_m_adamkit_trains():
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.splitlines()[-1].startswith("final loss: ")
     assert "example/s" not in completed.stderr  # --quiet hides the progress bar
+
+
+@pytest.mark.parametrize("lr", ["-1", "nan", "0"])
+def test_invalid_learning_rate_is_a_one_line_usage_error(capsys, lr):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--lr", lr])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"must be a positive number, got {lr}" in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error" in line]) == 1
+
+
+def test_ctrl_c_ends_training_with_one_line_and_status_130():
+    source_root = Path(adamkit.training.__file__).resolve().parents[1]
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(source_root), os.environ.get("PYTHONPATH", "")]))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "adamkit", "train", "--quiet", "--epochs", "100000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+    )
+    try:
+        assert "loss" in process.stdout.readline()  # training is under way
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert err.strip() == "adamkit train: interrupted"

@@ -83,7 +83,8 @@ def make_params(shape: Shape, dtype: torch.dtype) -> list[torch.nn.Parameter]:
 
 
 def time_steps(names: list[str], shape: Shape, dtype: torch.dtype, repeats: int, warmup: int) -> dict[str, float]:
-    """Median ms of one ``step()`` per implementation, each on its own copy of ``shape``.
+    """Median ms of one ``step()`` per implementation, each on its own copy of ``shape``;
+    for adamkit also of its per-step checks alone (``"adamkit checks"``).
 
     The implementations take turns step by step, so a slow spell of the machine (a
     shared VM's bandwidth drifts by 10-20% over minutes) falls on all of them alike.
@@ -96,7 +97,19 @@ def time_steps(names: list[str], shape: Shape, dtype: torch.dtype, repeats: int,
             optimizer.step()
             if index >= warmup:
                 times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(values) for name, values in times.items()}
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    if "adamkit" in optimizers:
+        medians["adamkit checks"] = median_ms(lambda: check_step(optimizers["adamkit"]), repeats, warmup)
+    return medians
+
+
+def check_step(optimizer: adamkit.optimizers.RuleOptimizer) -> None:
+    """What an adamkit step does before its kernel runs: read every parameter's gradient
+    and check that the fused kernel's plans still hold."""
+    for group in optimizer.param_groups:
+        params = group["params"]
+        if optimizer.fused_kernel.checked(id(group), params, [p.grad for p in params], optimizer.state) is None:
+            raise RuntimeError("the plan did not hold between steps")
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -135,6 +148,7 @@ class Result:
     implementation: str
     ms: float
     gb_per_s: float
+    checks_ms: float | None = None  # adamkit: the part of ms spent checking its plans
 
 
 def run(shapes: list[Shape], dtype: torch.dtype, implementations: list[str], repeats: int, warmup: int) -> list[Result]:
@@ -142,6 +156,11 @@ def run(shapes: list[Shape], dtype: torch.dtype, implementations: list[str], rep
     results = []
     for shape in shapes:
         moved = ELEMENTS_MOVED_PER_PARAM * element_size * shape.params
-        for name, ms in time_steps(implementations, shape, dtype, repeats, warmup).items():
-            results.append(Result(shape.label, str(dtype).removeprefix("torch."), name, ms, moved / ms / 1e6))
+        times = time_steps(implementations, shape, dtype, repeats, warmup)
+        checks = times.pop("adamkit checks", None)
+        for name, ms in times.items():
+            result = Result(shape.label, str(dtype).removeprefix("torch."), name, ms, moved / ms / 1e6)
+            if name == "adamkit":
+                result.checks_ms = checks
+            results.append(result)
     return results

@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``adamkit`` command with ``argv`` (default: ``sys.argv[1:]``); return 0 on success.
 
-    Usage errors exit with status 2 and a one-line message on stderr, no traceback.
+    Usage errors exit with status 2 and a one-line message on stderr, no traceback;
+    Ctrl-C ends the command with one line and status 130, as shells expect.
 
     >>> main(["train", "--epochs", "1", "--quiet"])  # doctest: +ELLIPSIS
     epoch 0.13  examples 200  loss ...
@@ -46,4 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as error:
         print(f"adamkit {args.command}: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(f"adamkit {args.command}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     return 0

@@ -57,3 +57,6 @@ def run(args: argparse.Namespace) -> None:
         for r in rows:
             speedup = f"{r.ms / ours:.2f}x" if ours and r.implementation != "adamkit" else ""
             print(f"{r.shape:>14}  {r.implementation:<15} {r.ms:9.2f} {r.gb_per_s:7.1f} {speedup:>16}")
+            if r.checks_ms is not None:
+                per_tensor = r.checks_ms * 1e3 / shape.tensors
+                print(f"{'':>14}    of which checks {r.checks_ms:7.3f} ms ({per_tensor:.2f} us per tensor)")

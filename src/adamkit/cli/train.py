@@ -9,7 +9,7 @@ import sys
 
 from tqdm import tqdm
 
-from adamkit.cli.options import check_names, positive_int
+from adamkit.cli.options import check_names, positive_float, positive_int
 from adamkit.datasets import load_airfoil
 from adamkit.optimizers.registry import OPTIMIZER_NAMES, build_optimizer
 from adamkit.training import train
@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--optimizer", default="adam", metavar="NAME", help=f"one of: {', '.join(OPTIMIZER_NAMES)}"
     )
-    parser.add_argument("--lr", type=float, default=0.01, help="learning rate")
+    parser.add_argument("--lr", type=positive_float, default=0.01, help="learning rate")
     parser.add_argument("--epochs", type=positive_int, default=2, help="passes over the data")
     parser.add_argument("--batch-size", type=positive_int, default=10, help="examples per step")
     parser.add_argument("--seed", type=int, default=0, help="seeds initial weights and shuffling")

@@ -406,16 +406,9 @@ class FusedCpuKernel:
         Returns the parameters left for the eager kernel, the stepped parameters whose
         all-zero gradient did not keep them still, and how many parameters were stepped.
         """
+        steps = self.checked(group_key, params, grads, states)
         layout = self._layouts.get(group_key)
-        steps = None
-        if (
-            layout is not None
-            and len(layout.with_grad) == len(params)
-            and all(map(operator.is_, layout.with_grad, params))
-            and self._same_kinds(layout, params, grads)
-        ):
-            steps = self._plan_addresses(layout, params, grads, states)
-        if steps is None or any(addresses is None for _, addresses in steps):
+        if steps is None:
             layout = self._lay_out(rule, params, grads, states, fills, step_dtype)
             self._layouts[group_key] = layout
             steps = self._plan_addresses(layout, params, grads, states)
@@ -437,6 +430,20 @@ class FusedCpuKernel:
             )
             stepped += len(layout.staged)
         return eager, moved, stepped
+
+    def checked(self, group_key: int, params: list[Tensor], grads: list[Tensor], states: Mapping) -> list[tuple] | None:
+        """The per-step checks: the group's plans with this step's addresses, or None if
+        its layout must be made anew (``adamkit bench`` times this)."""
+        layout = self._layouts.get(group_key)
+        if not (
+            layout is not None
+            and len(layout.with_grad) == len(params)
+            and all(map(operator.is_, layout.with_grad, params))
+            and self._same_kinds(layout, params, grads)
+        ):
+            return None
+        steps = self._plan_addresses(layout, params, grads, states)
+        return None if any(addresses is None for _, addresses in steps) else steps
 
     @staticmethod
     def _kind(param: Tensor, grad: Tensor) -> str:

@@ -22,7 +22,7 @@ from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 from adamkit.kernels import eager_step, fused_cpu
 from adamkit.kernels.fused_cpu import FusedCpuKernel
 from adamkit.rules import Rule
-from adamkit.state import allocate_flat_state
+from adamkit.state import allocate_flat_state, local_tensor
 
 
 _grad_of = operator.attrgetter("grad")
@@ -127,7 +127,7 @@ class RuleOptimizer(Optimizer):
         self.skipped_steps = 0
         self.frozen: set[Tensor] = set()
         self._warned_zero_grad: set[Tensor] = set()
-        self._fused = FusedCpuKernel()
+        self.fused_kernel = FusedCpuKernel()
         self.last_step_kernels: dict[str, int] = {}
         if self.eager_state:
             for group in self.param_groups:
@@ -168,7 +168,7 @@ class RuleOptimizer(Optimizer):
         self.__dict__.setdefault("skipped_steps", 0)
         self.__dict__.setdefault("frozen", set())
         self.__dict__.setdefault("_warned_zero_grad", set())
-        self.__dict__.setdefault("_fused", FusedCpuKernel())
+        self.__dict__.setdefault("fused_kernel", FusedCpuKernel())
         self.__dict__.setdefault("last_step_kernels", {})
         for group in self.param_groups:
             for key, default in self.flag_defaults.items():
@@ -186,9 +186,11 @@ class RuleOptimizer(Optimizer):
                     )
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch's ``load_state_dict``; then the fused kernel's state moves into flat buffers."""
+        """torch's ``load_state_dict``, refusing state tensors shaped unlike their
+        parameter; then the fused kernel's state moves into flat buffers."""
+        self._check_loaded_shapes(state_dict)
         super().load_state_dict(state_dict)
-        self._fused.forget()
+        self.fused_kernel.forget()
         for group in self.param_groups:
             if not self.uses_fused_kernel(group):
                 continue
@@ -205,6 +207,25 @@ class RuleOptimizer(Optimizer):
                 )
                 for p, state in zip(params, moved):
                     self.state[p] = state
+
+    def _check_loaded_shapes(self, state_dict: dict[str, Any]) -> None:
+        saved_groups = state_dict.get("param_groups", [])
+        if len(saved_groups) != len(self.param_groups):
+            return  # torch's own check names this
+        params = {
+            index: param
+            for saved, group in zip(saved_groups, self.param_groups)
+            for index, param in zip(saved.get("params", []), group["params"])
+        }
+        for index, state in state_dict.get("state", {}).items():
+            param = params.get(index)
+            for key, value in state.items() if param is not None else ():
+                if torch.is_tensor(value) and key != "step" and value.shape != param.shape:
+                    raise ValueError(
+                        f"loaded state {key!r} of parameter {index} has shape {tuple(value.shape)}, but the "
+                        f"parameter has shape {tuple(param.shape)}: this state dict belongs to other parameters "
+                        "(or lists them in another order)"
+                    )
 
     def new_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         state: dict[str, Tensor] = {}
@@ -333,7 +354,9 @@ class RuleOptimizer(Optimizer):
         """
         with_values, extremes = [], []
         for p in params:
-            grad = p.grad
+            grad = local_tensor(p.grad)  # this rank's shard of a DTensor
+            if grad.device.type == "meta":
+                continue  # no values to look at
             if grad.is_sparse:
                 grad = grad.coalesce().values()
             if torch.is_complex(grad):
@@ -392,7 +415,7 @@ class RuleOptimizer(Optimizer):
         if frozen or any(g is None for g in grads):
             active = [(p, g) for p, g in zip(params, grads) if g is not None and p not in frozen]
             params, grads = [p for p, _ in active], [g for _, g in active]
-        rest, moved, stepped = self._fused.step_group(
+        rest, moved, stepped = self.fused_kernel.step_group(
             type(self).update_rule,
             id(group),
             params,
@@ -405,7 +428,7 @@ class RuleOptimizer(Optimizer):
             report_moved=self.warn_zero_grad_update,
         )
         if stepped:
-            self.last_step_kernels[self._fused.name] = self.last_step_kernels.get(self._fused.name, 0) + stepped
+            self.last_step_kernels[self.fused_kernel.name] = self.last_step_kernels.get(self.fused_kernel.name, 0) + stepped
         return rest, moved
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

@@ -56,43 +56,66 @@ def _round_scaled(mantissa: int, exponent: int, error: int) -> float | None:
         return math.inf
 
 
+def _split(base: float) -> tuple[int, int]:
+    """``abs(base)`` as ``mantissa * 2**scale`` with an integer mantissa, exactly."""
+    fraction, exponent = math.frexp(abs(base))
+    return int(fraction * (1 << 53)), exponent - 53
+
+
+def _wide_power(base: float, n: int, bits: int) -> tuple[int, int, int]:
+    """``abs(base) ** n`` as ``(mantissa, scale, error)``: powers by squaring on integers
+    cut to ``bits`` bits after each product. Each cut loses under one unit of a
+    ``bits``-bit mantissa, and a power doubles the relative error of what it squares,
+    so the result is within ``error = 2 * (2n + products)`` units of its last bit."""
+    mantissa, scale = _split(base)
+    result, result_scale, power, power_scale, k, products = 1, 0, mantissa, scale, n, 0
+    while k:
+        if k & 1:
+            result, cut = _truncated_product(result, power, bits)
+            result_scale += power_scale + cut
+            products += 1
+        k >>= 1
+        if k:
+            power, cut = _truncated_product(power, power, bits)
+            power_scale = 2 * power_scale + cut
+            products += 1
+    return result, result_scale, 2 * (2 * n + products) + 2
+
+
+# The last wide power of each base: a training run asks for step, then step + 1, and one
+# more product (one more unit of error) gives the next power.
+_last_power: dict[float, tuple[int, int, int, int]] = {}
+
+
 @lru_cache(maxsize=4096)
 def correctly_rounded_power(base: float, exponent: float) -> float:
     """``base ** exponent`` rounded once, for an integer ``exponent`` >= 0 (a step count).
 
-    Powers by squaring on big integers carrying 128, then 256 bits: each product is cut
-    to that width, so the result is within ``2 * exponent + 2 * log2(exponent)`` units of
-    its last bit; when that leaves the rounding in doubt, a wider pass decides, and in
-    the end exact rational arithmetic (only ever needed when the power is exact, hence
-    short). Any other exponent falls back to Python's ``**``.
+    The power is computed on integers carrying 128 bits with a bound on its error (see
+    ``_wide_power``); when the bound leaves the rounding in doubt, 256 bits decide, and
+    in the end exact rational arithmetic (only ever needed when the power is exact,
+    hence short). Any other exponent falls back to Python's ``**``.
     """
     if exponent != int(exponent) or exponent < 0 or not math.isfinite(base):
         return base**exponent
     n = int(exponent)
     if n <= 1 or base == 0:
         return base**n
-    fraction, exponent2 = math.frexp(abs(base))
-    mantissa, scale = int(fraction * (1 << 53)), exponent2 - 53
     negative = base < 0 and n % 2 == 1
-    for bits in (128, 256):
-        result, result_scale, power, power_scale, k, products = 1, 0, mantissa, scale, n, 0
-        while k:
-            if k & 1:
-                result, cut = _truncated_product(result, power, bits)
-                result_scale += power_scale + cut
-                products += 1
-            k >>= 1
-            if k:
-                power, cut = _truncated_product(power, power, bits)
-                power_scale = 2 * power_scale + cut
-                products += 1
-        # Relative error below (2n + products) * 2**(1 - bits); in units of the last bit of
-        # a `bits`-bit mantissa that is at most 2 * (2n + products) units.
-        rounded = _round_scaled(result, result_scale, 2 * (2 * n + products) + 2)
-        if rounded is not None:
-            return -rounded if negative else rounded
-    exact = float(Fraction(base) ** n)
-    return exact
+    last = _last_power.get(base)
+    if last is not None and last[0] == n - 1:
+        factor, factor_scale = _split(base)
+        mantissa, cut = _truncated_product(last[1], factor, 128)
+        wide = (mantissa, last[2] + factor_scale + cut, last[3] + 2)
+    else:
+        wide = _wide_power(base, n, 128)
+    _last_power[base] = (n, *wide)
+    rounded = _round_scaled(*wide)
+    if rounded is None:
+        rounded = _round_scaled(*_wide_power(base, n, 256))
+    if rounded is None:
+        return float(Fraction(base) ** n)
+    return -rounded if negative else rounded
 
 
 TORCH = ScalarMath(operator.pow, _python_sqrt)
