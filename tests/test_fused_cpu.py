@@ -9,6 +9,7 @@ import torch
 
 import adamkit
 from adamkit.kernels import fused_cpu
+from adamkit.kernels.fused import FusedKernel
 from adamkit.kernels.compile_cache import loops_for
 from parity import EAGER, assert_bitwise_equal, assert_matches_torch, grads_for, make_params, run_side_by_side
 from test_family_parity import ADAGRAD_FLAGS, RMSPROP_FLAGS, SGD_FLAGS
@@ -51,7 +52,7 @@ def test_fused_equals_exact_eager_bitwise(case, dtype, monkeypatch):
     params = _params(dtype)
     fused = run_side_by_side(cls, cls, params, dict(lr=0.01, **flags), steps=8)
     # The default mode with the fused kernel taking nothing: the eager kernel runs exact.
-    monkeypatch.setattr(fused_cpu, "takes", lambda param, grad: False)
+    monkeypatch.setattr(FusedKernel, "takes", lambda self, param, grad: False)
     eager = run_side_by_side(cls, cls, params, dict(lr=0.01, **flags), steps=8)
     # The run's last step has a gradient for every parameter but the first.
     assert fused[3].last_step_kernels == {"fused_cpu": len(params) - 1}

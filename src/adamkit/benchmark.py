@@ -108,7 +108,8 @@ def check_step(optimizer: adamkit.optimizers.RuleOptimizer) -> None:
     and check that the fused kernel's plans still hold."""
     for group in optimizer.param_groups:
         params = group["params"]
-        if optimizer.fused_kernel.checked(id(group), params, [p.grad for p in params], optimizer.state) is None:
+        grads = [p.grad for p in params]
+        if not any(kernel.checked(id(group), params, grads, optimizer.state) for kernel in optimizer.fused_kernels):
             raise RuntimeError("the plan did not hold between steps")
 
 

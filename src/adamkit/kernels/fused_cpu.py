@@ -5,285 +5,35 @@ function the eager kernel runs on tensors, bound to ``scalar_ops`` and compiled 
 numba, see ``cpu_loops``), and stored once: 28 bytes per parameter for fp32 Adam, the
 least the step can move. Tensors are cut into work items of at most
 ``WORK_ITEM_ELEMENTS`` so that many small tensors and a few large ones spread evenly
-over the threads. Hyperparameters are arguments, so schedulers never recompile.
-
-What it takes: CPU tensors of fp32, fp64, bf16, fp16 and complex (as their real view),
-dense in any dimension order (contiguous, transposed, channels_last), with gradient
-and state laid out like the parameter. A tensor that is not (a non-dense parameter, a
-gradient in another layout) is stepped through contiguous copies, so every dense
-parameter of the default mode gets the same correctly rounded arithmetic. Sparse
-gradients and other devices are left to the eager kernel.
-
-The kernel works on raw addresses of the user's own tensors. A plan records them
-once; each step re-reads and checks, mostly in C loops, what could have moved: the
-parameters' and state tensors' addresses, the state entries themselves, the version
-counters of the state's storage (``resize_``, ``set_`` and ``as_strided_`` change them)
-and each gradient's dtype, size and layout. Anything else rebuilds the plan, and the
-plan holds references to every tensor whose memory it uses.
+over the threads. Hyperparameters are arguments, so schedulers never recompile. What
+it takes, and how each step checks its plan, is ``adamkit.kernels.fused``'s part.
 """
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from itertools import repeat
-from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from adamkit.kernels.compile_cache import loops_for
+from adamkit.kernels.fused import (
+    FusedKernel, FusedPlan, addresses_of, element_count, storage_dtype, work_items,
+)
 from adamkit.kernels.scalar_ops import COMPUTE_TYPES, STORAGE_TYPES
 from adamkit.rules import EXACT, Rule, decay_coefficients
-from adamkit.state import allocate_flat_state, is_dense, local_tensor
+from adamkit.state import is_dense, local_tensor
 
 WORK_ITEM_ELEMENTS = 1 << 15
-SLOT_COUNT = 3
-STEP_DTYPES = (torch.float32, torch.float64)
 
 _dtype_of = operator.attrgetter("dtype")
 _is_cpu = operator.attrgetter("is_cpu")
-_version_of = operator.attrgetter("_version")
-
-
-def storage_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The real dtype the kernel reads: complex tensors are handled as their real view."""
-    return dtype.to_real() if dtype.is_complex else dtype
-
-
-def _supported(t: Tensor) -> bool:
-    return t.layout is torch.strided and t.device.type == "cpu" and storage_dtype(t.dtype) in STORAGE_TYPES
-
-
-def same_layout(t: Tensor, like: Tensor) -> bool:
-    """``t`` can be read element for element alongside ``like`` (both local tensors):
-    same dtype, device and shape, equal strides wherever a dimension has more than one
-    element."""
-    return (
-        t.layout is torch.strided
-        and t.dtype is like.dtype
-        and t.device == like.device
-        and t.shape == like.shape
-        and all(a == b for a, b, size in zip(t.stride(), like.stride(), like.shape) if size != 1)
-    )
-
-
-def takes(param: Tensor, grad: Tensor) -> bool:
-    """Whether this kernel steps ``param`` (directly or through copies); else the eager kernel does."""
-    param, grad = local_tensor(param), local_tensor(grad)
-    return (
-        _supported(param)
-        and grad.layout is torch.strided
-        and grad.dtype is param.dtype
-        and grad.device == param.device
-        and grad.shape == param.shape
-    )
-
-
-def _direct(param: Tensor, grad: Tensor) -> bool:
-    """The kernel can walk ``param`` and ``grad`` in place."""
-    local = local_tensor(param)
-    return is_dense(local) and same_layout(local_tensor(grad), local)
-
-
-def _element_count(t: Tensor) -> int:
-    return t.numel() * (2 if t.dtype.is_complex else 1)
 
 
 def _like(dtype: torch.dtype) -> np.ndarray:
     return np.zeros(0, STORAGE_TYPES[storage_dtype(dtype)])
-
-
-def _step_usable(step) -> bool:
-    return (
-        isinstance(step, Tensor)
-        and step.dtype in STEP_DTYPES
-        and step.device.type == "cpu"
-        and step.dim() == 0
-        and not step.requires_grad
-    )
-
-
-def _state_usable(state: Mapping[str, Tensor], local: Tensor, slot_names: Sequence[str], counts_steps: bool) -> bool:
-    """Every state entry the rule needs is there, of the parameter's dtype and shape, and
-    not tracked by autograd; layout aside, which copies can fix."""
-    for name in slot_names:
-        value = state.get(name)
-        if value is None or value.requires_grad:
-            return False
-        value = local_tensor(value)
-        if not (_supported(value) and value.dtype is local.dtype and value.shape == local.shape):
-            return False
-    return not counts_steps or _step_usable(state.get("step"))
-
-
-def _work_items(numels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    counts = np.maximum(1, -(-numels // WORK_ITEM_ELEMENTS))
-    items = np.repeat(np.arange(numels.size), counts)
-    first = np.repeat(np.cumsum(counts) - counts, counts)
-    starts = (np.arange(items.size) - first) * WORK_ITEM_ELEMENTS
-    ends = np.minimum(starts + WORK_ITEM_ELEMENTS, numels[items])
-    return items, starts, ends
-
-
-def _addresses(tensors: Sequence[Tensor]) -> np.ndarray:
-    return np.fromiter(map(Tensor.data_ptr, tensors), np.int64, len(tensors))
-
-
-def _storage_owner(t: Tensor) -> Tensor:
-    """The tensor whose version counter ``t`` shares: its base if it is a view."""
-    return t if t._base is None else t._base
-
-
-@dataclass
-class FusedPlan:
-    """Where some of a group's tensors of one dtype live, laid out for the fused pass.
-
-    ``params`` are the parameters (their local tensors, for DTensors, in ``locals_``).
-    Each step, ``addresses`` checks that nothing the plan relies on has changed and
-    returns the parameter and gradient addresses; None means: build a new plan.
-    """
-
-    params: list[Tensor]
-    locals_: list[Tensor]
-    dtype: torch.dtype
-    numels: np.ndarray  # torch's numel of each parameter
-    elements: np.ndarray  # elements the kernel walks (twice the numel for complex)
-    contiguous: list[bool]
-    strided: list[int]  # positions of non-contiguous parameters, whose grads need a stride check
-    slots: list[np.ndarray | None]
-    step_addresses: np.ndarray | None
-    step_dtype: torch.dtype | None
-    items: np.ndarray
-    starts: np.ndarray
-    ends: np.ndarray
-    fresh: np.ndarray
-    param_addresses: np.ndarray
-    state_mapping: Mapping
-    state_values: list[dict]
-    entry_states: list[dict]
-    entry_names: list[str]
-    entry_values: list[Tensor]  # the state tensors, as the user sees them
-    entry_locals: list[Tensor]
-    entry_params: list[Tensor | None]  # the local parameter each entry is laid out like; None for steps
-    entry_addresses: np.ndarray
-    owners: list[Tensor]  # one tensor per version counter the state tensors use
-    versions: list[int]
-    distributed: bool
-
-    def state_unchanged(self, states: Mapping[Tensor, dict]) -> bool:
-        """The optimizer's state holds the same tensors, at the same addresses, with the
-        same shape and layout as when the plan was made."""
-        if not (
-            states is self.state_mapping
-            and len(states) == len(self.state_values)
-            and all(map(operator.is_, states.values(), self.state_values))
-            and all(map(operator.is_, map(dict.get, self.entry_states, self.entry_names), self.entry_values))
-        ):
-            return False
-        entry_locals = list(map(local_tensor, self.entry_values)) if self.distributed else self.entry_values
-        if not np.array_equal(_addresses(entry_locals), self.entry_addresses):
-            return False  # `.data = ...` or `set_` moved a state tensor
-        if list(map(_version_of, self.owners)) != self.versions:
-            # An in-place operation touched the state: harmless unless it changed a
-            # tensor's shape or layout (resize_, as_strided_, set_), so look closer.
-            if not all(
-                _step_usable(t) if like is None else same_layout(t, like)
-                for t, like in zip(self.entry_locals, self.entry_params)
-            ):
-                return False
-            self.versions = list(map(_version_of, self.owners))
-        return True
-
-    def addresses(self, grads: list[Tensor], states: Mapping[Tensor, dict]) -> tuple[np.ndarray, np.ndarray] | None:
-        """(parameter, gradient) addresses for this step, or None if the plan is stale.
-
-        ``grads`` are the parameters' gradients, in order. The gradient setter checks
-        dtype, device and size, but ``grad.data = ...`` bypasses it, and reading past a
-        tensor's end must be impossible: so all are checked, every step.
-        """
-        if not self.state_unchanged(states):
-            return None
-        locals_ = list(map(local_tensor, self.params)) if self.distributed else self.params
-        param_addresses = _addresses(locals_)
-        if not np.array_equal(param_addresses, self.param_addresses):
-            return None
-        grads = list(map(local_tensor, grads)) if self.distributed else grads
-        try:
-            laid_out = list(map(Tensor.is_contiguous, grads)) == self.contiguous
-        except RuntimeError:  # layouts without strides (sparse CSR, mkldnn)
-            return None
-        if not (
-            laid_out
-            and all(map(_is_cpu, grads))
-            and all(map(operator.is_, map(_dtype_of, grads), repeat(self.dtype)))
-            and np.array_equal(np.fromiter(map(Tensor.numel, grads), np.int64, len(grads)), self.numels)
-            and all(same_layout(grads[i], locals_[i]) for i in self.strided)
-        ):
-            return None
-        return param_addresses, _addresses(grads)
-
-
-def build_plan(
-    rule: Rule,
-    params: Sequence[Tensor],
-    states: Mapping[Tensor, dict[str, Tensor]],
-    slot_names: Sequence[str],
-    fresh: Sequence[bool],
-    step_dtype: torch.dtype | None,
-) -> FusedPlan:
-    """Lay out ``params`` (one dtype; dense, with usable state laid out like them) for the fused pass."""
-    locals_ = [local_tensor(p) for p in params]
-    param_states = [states.get(p, {}) for p in params]
-    slots = np.zeros((SLOT_COUNT, len(params)), np.int64)
-    positions = [rule.slots.index(name) for name in slot_names]
-    entries = []
-    for column, (state, local) in enumerate(zip(param_states, locals_)):
-        for name, row in zip(slot_names, positions):
-            slots[row, column] = local_tensor(state[name]).data_ptr()
-            entries.append((state, name, local))
-    step_addresses = None
-    if step_dtype is not None:
-        step_addresses = np.array([s["step"].data_ptr() for s in param_states], np.int64)
-        entries += [(s, "step", None) for s in param_states]
-    entry_states = [state for state, _, _ in entries]
-    entry_names = [name for _, name, _ in entries]
-    entry_values = [state[name] for state, name, _ in entries]
-    entry_locals = [local_tensor(t) for t in entry_values]
-    owners = list({id(owner): owner for owner in map(_storage_owner, entry_locals)}.values())
-    elements = np.array([_element_count(t) for t in locals_], np.int64)
-    items, starts, ends = _work_items(elements)
-    contiguous = [t.is_contiguous() for t in locals_]
-    return FusedPlan(
-        params=list(params),
-        locals_=locals_,
-        dtype=locals_[0].dtype,
-        numels=np.array([t.numel() for t in locals_], np.int64),
-        elements=elements,
-        contiguous=contiguous,
-        strided=[i for i, c in enumerate(contiguous) if not c],
-        slots=[slots[row] if row in positions else None for row in range(SLOT_COUNT)],
-        step_addresses=step_addresses,
-        step_dtype=step_dtype,
-        items=items,
-        starts=starts,
-        ends=ends,
-        fresh=np.array(fresh, np.bool_),
-        param_addresses=_addresses(locals_),
-        state_mapping=states,
-        state_values=list(states.values()),
-        entry_states=entry_states,
-        entry_names=entry_names,
-        entry_values=entry_values,
-        entry_locals=entry_locals,
-        entry_params=[like for _, _, like in entries],
-        entry_addresses=_addresses(entry_locals),
-        owners=owners,
-        versions=list(map(_version_of, owners)),
-        distributed=any(local is not p for local, p in zip(locals_, params)),
-    )
 
 
 def _cast(coefficients, compute):
@@ -293,260 +43,60 @@ def _cast(coefficients, compute):
     )
 
 
-def fused_step(
-    rule: Rule,
-    plan: FusedPlan,
-    addresses: tuple[np.ndarray, np.ndarray],
-    hp: Mapping,
-    *,
-    decoupled_weight_decay: bool,
-    report_moved: bool = True,
-) -> list[Tensor]:
-    """One step of ``rule`` over ``plan``'s parameters at ``addresses`` (from
-    ``plan.addresses``), with correctly rounded coefficients. With ``report_moved``,
-    returns the parameters whose gradient was all zeros and whose value still changed
-    (weight decay, momentum)."""
-    loops = loops_for(rule.name, rule.update)
-    params = plan.params
-    param_addresses, grad_addresses = addresses
-    dtype = storage_dtype(plan.dtype)
-    like = _like(dtype)
-    compute = COMPUTE_TYPES[dtype]
-    decay = _cast(decay_coefficients(hp, decoupled=decoupled_weight_decay), compute)
-    if report_moved:
-        watched = loops.run("all_zero", (dtype,), grad_addresses, plan.elements, like)
-    else:
-        watched = np.zeros(len(params), np.bool_)
-    counts_steps = plan.step_addresses is not None
-    if counts_steps:
-        steps = loops.run("advance_steps", (plan.step_dtype,), plan.step_addresses, _like(plan.step_dtype))
-    else:
-        steps = np.zeros(len(params))
-    keys = np.stack([steps, plan.fresh])
-    plan.fresh = np.zeros(len(params), np.bool_)
-    moved = np.zeros(len(params), np.bool_)
-    uniform = (keys == keys[:, :1]).all()
-    absent = tuple(slot is None for slot in plan.slots)
-    for step, fresh in (keys[:, :1] if uniform else np.unique(keys, axis=1)).T:
-        c = _cast(rule.coefficients(hp, float(step) if counts_steps else None, bool(fresh), EXACT), compute)
-        # Parameters whose step counts differ (one added later) need their own coefficients.
-        same_key = (keys[0] == step) & (keys[1] == fresh)
-        for watch in (False, True):
-            tensors = same_key & (watched == watch)
-            if not tensors.any():
-                continue
-            chosen = slice(None) if tensors.all() else np.flatnonzero(tensors[plan.items])
-            items = plan.items[chosen]
-            changed = np.zeros(len(items), np.bool_) if watch else None
-            loops.run(
-                "fused_pass", (dtype, absent, watch, type(c)),
-                c, decay, like, param_addresses, grad_addresses, *plan.slots,
-                items, plan.starts[chosen], plan.ends[chosen], changed,
-            )
-            if watch:
-                moved[items[changed]] = True
-    return [params[i] for i in np.flatnonzero(moved)]
-
-
-class GroupLayout(NamedTuple):
-    """A parameter group's parameters with a gradient, sorted by how they are stepped."""
-
-    with_grad: list[Tensor]
-    plans: list[FusedPlan]
-    staged: list[Tensor]  # stepped through contiguous copies
-    eager: list[Tensor]  # left to the eager kernel
-    staged_fresh: set[int]  # ids of staged parameters whose state was just created
-
-
-def _plain_numbers(hp: Mapping) -> dict:
-    """Tensor hyperparameters (lr, betas) as Python numbers: coefficients are computed
-    in double precision with correctly rounded operations."""
-    plain = dict(hp)
-    for key in ("lr", "betas"):
-        value = hp.get(key)
-        if isinstance(value, Tensor):
-            plain[key] = value.item()
-        elif isinstance(value, tuple):
-            plain[key] = tuple(v.item() if isinstance(v, Tensor) else v for v in value)
-    return plain
-
-
-class FusedCpuKernel:
-    """Steps a parameter group's CPU tensors in fused passes, remembering each group's layout.
-
-    The optimizer hands over the group's parameters that have a gradient and its state;
-    ``step_group`` steps the ones it takes and returns the rest for the eager kernel.
-    """
+class FusedCpuKernel(FusedKernel):
+    """The default kernel for CPU tensors (see the module's documentation)."""
 
     name = "fused_cpu"
+    device_type = "cpu"
+    item_elements = WORK_ITEM_ELEMENTS
 
-    def __init__(self) -> None:
-        self._layouts: dict[int, GroupLayout] = {}
-
-    def forget(self) -> None:
-        """Drop every plan (the state was replaced, e.g. by ``load_state_dict``)."""
-        self._layouts.clear()
-
-    def step_group(
-        self,
-        rule: Rule,
-        group_key: int,
-        params: list[Tensor],
-        grads: list[Tensor],
-        states: dict[Tensor, dict[str, Tensor]],
-        fills: Mapping[str, float | None],
-        step_dtype: torch.dtype | None,
-        hp: Mapping,
-        *,
-        decoupled_weight_decay: bool,
-        report_moved: bool,
-    ) -> tuple[list[Tensor], list[Tensor], int]:
-        """Step what this kernel takes of ``params`` (with ``grads``).
-
-        Returns the parameters left for the eager kernel, the stepped parameters whose
-        all-zero gradient did not keep them still, and how many parameters were stepped.
-        """
-        steps = self.checked(group_key, params, grads, states)
-        layout = self._layouts.get(group_key)
-        if steps is None:
-            layout = self._lay_out(rule, params, grads, states, fills, step_dtype)
-            self._layouts[group_key] = layout
-            steps = self._plan_addresses(layout, params, grads, states)
-        hp = _plain_numbers(hp)
-        moved, stepped, eager = [], 0, list(layout.eager)
-        for plan, addresses in steps:
-            if addresses is None:  # a plan made this moment must hold; if not, torch ops decide
-                eager += plan.params
-                continue
-            moved += fused_step(
-                rule, plan, addresses, hp, decoupled_weight_decay=decoupled_weight_decay, report_moved=report_moved
-            )
-            stepped += len(plan.params)
-        if layout.staged:
-            grad_of = dict(zip(map(id, params), grads))
-            moved += self._staged_step(
-                rule, layout, [grad_of[id(p)] for p in layout.staged], states, fills, hp,
-                decoupled_weight_decay=decoupled_weight_decay, report_moved=report_moved,
-            )
-            stepped += len(layout.staged)
-        return eager, moved, stepped
-
-    def checked(self, group_key: int, params: list[Tensor], grads: list[Tensor], states: Mapping) -> list[tuple] | None:
-        """The per-step checks: the group's plans with this step's addresses, or None if
-        its layout must be made anew (``adamkit bench`` times this)."""
-        layout = self._layouts.get(group_key)
-        if not (
-            layout is not None
-            and len(layout.with_grad) == len(params)
-            and all(map(operator.is_, layout.with_grad, params))
-            and self._same_kinds(layout, params, grads)
-        ):
-            return None
-        steps = self._plan_addresses(layout, params, grads, states)
-        return None if any(addresses is None for _, addresses in steps) else steps
-
-    @staticmethod
-    def _kind(param: Tensor, grad: Tensor) -> str:
-        if not takes(param, grad):
-            return "eager"
-        return "direct" if _direct(param, grad) else "staged"
-
-    def _same_kinds(self, layout: GroupLayout, params: list[Tensor], grads: list[Tensor]) -> bool:
-        """The parameters stepped through copies or by the eager kernel last time still are."""
-        if not (layout.staged or layout.eager):
-            return True
-        grad_of = dict(zip(map(id, params), grads))
-        return all(self._kind(p, grad_of[id(p)]) == "staged" for p in layout.staged) and all(
-            self._kind(p, grad_of[id(p)]) == "eager" for p in layout.eager
-        )
-
-    @staticmethod
-    def _plan_addresses(layout: GroupLayout, params, grads, states) -> list[tuple]:
-        if len(layout.plans) == 1 and len(layout.plans[0].params) == len(params):
-            return [(layout.plans[0], layout.plans[0].addresses(grads, states))]
-        grad_of = dict(zip(map(id, params), grads))
-        return [(plan, plan.addresses([grad_of[id(p)] for p in plan.params], states)) for plan in layout.plans]
-
-    def _lay_out(self, rule, params, grads, states, fills, step_dtype) -> GroupLayout:
-        """Sort ``params`` into plans (by dtype and step dtype), copies and the eager
-        kernel's share, creating the state of parameters seen for the first time."""
-        kinds = [self._kind(p, g) for p, g in zip(params, grads)]
-        taken = [p for p, kind in zip(params, kinds) if kind != "eager"]
-        fresh = self._create_state(taken, states, fills, step_dtype)
-        slot_names = tuple(fills)
-        by_key: dict[tuple, list[Tensor]] = {}
-        staged, eager = [], [p for p, kind in zip(params, kinds) if kind == "eager"]
-        for p, kind in zip(params, kinds):
-            if kind == "eager":
-                continue
-            state, local = states.get(p, {}), local_tensor(p)
-            if not _state_usable(state, local, slot_names, step_dtype is not None):
-                eager.append(p)
-            elif kind == "staged" or not all(same_layout(local_tensor(state[n]), local) for n in slot_names):
-                staged.append(p)
-            else:
-                by_key.setdefault((p.dtype, state["step"].dtype if step_dtype else None), []).append(p)
-        plans = [
-            build_plan(rule, batch, states, slot_names, [id(p) in fresh for p in batch], key[1])
-            for key, batch in by_key.items()
-        ]
-        for plan in plans:  # each plan saw the state before the next one added to it
-            plan.state_values = list(states.values())
-        return GroupLayout(list(params), plans, staged, eager, {id(p) for p in staged if id(p) in fresh})
-
-    @staticmethod
-    def _create_state(params, states, fills, step_dtype) -> set[int]:
-        """State for parameters without any, in flat buffers; returns their ids. A fill
-        of None marks state the rule makes on its first step (SGD's momentum buffer):
-        it starts at 0 and the parameter is flagged fresh."""
-        new = [p for p in params if not states.get(p)]
-        created = {name: 0.0 if fill is None else fill for name, fill in fills.items()}
-        if not new or not (created or step_dtype is not None):
-            return set()
-        by_dtype: dict[torch.dtype, list[Tensor]] = {}
-        for p in new:
-            by_dtype.setdefault(p.dtype, []).append(p)
-        for batch in by_dtype.values():
-            for p, state in zip(batch, allocate_flat_state(batch, created, step_dtype=step_dtype)):
-                states[p] = state
-        return {id(p) for p in new}
-
-    def _staged_step(self, rule, layout, grads, states, fills, hp, *, decoupled_weight_decay, report_moved):
-        """Step ``layout.staged`` through copies laid out like dense parameters, then copy back."""
-        work_states, work_grads, owner, copies = {}, {}, {}, []
-        batches: dict[tuple, list[Tensor]] = {}
-        for param, grad in zip(layout.staged, grads):
-            local = local_tensor(param).detach()
-            work = local if is_dense(local) else local.contiguous()
-            if work is not local:
-                copies.append((local, work))
-            grad = local_tensor(grad)
-            work_grads[id(work)] = grad if same_layout(grad, work) else torch.empty_like(work).copy_(grad)
-            work_state = {}
-            for name, value in states.get(param, {}).items():
-                value = local_tensor(value)
-                if name != "step" and not same_layout(value, work):
-                    copy = torch.empty_like(work).copy_(value)
-                    copies.append((value, copy))
-                    value = copy
-                work_state[name] = value
-            work_states[work] = work_state
-            owner[id(work)] = param
-            step = work_state.get("step")
-            batches.setdefault((work.dtype, None if step is None else step.dtype), []).append(work)
-        moved = []
-        for (_, step_dtype), batch in batches.items():
-            fresh = [id(owner[id(w)]) in layout.staged_fresh for w in batch]
-            plan = build_plan(rule, batch, work_states, tuple(fills), fresh, step_dtype)
-            addresses = (plan.param_addresses, _addresses([work_grads[id(w)] for w in batch]))
-            stepped = fused_step(
-                rule, plan, addresses, hp, decoupled_weight_decay=decoupled_weight_decay, report_moved=report_moved
-            )
-            moved += [owner[id(w)] for w in stepped]
-        layout.staged_fresh.clear()
-        for target, source in copies:
-            target.copy_(source)
-        return moved
+    def launch(
+        self, rule: Rule, plan: FusedPlan, addresses: tuple[np.ndarray, np.ndarray], hp: Mapping, *,
+        decoupled_weight_decay: bool, report_moved: bool,
+    ) -> list[Tensor]:
+        """``FusedKernel.launch`` on the CPU: the all-zero gradients are found first (most
+        stop at their first element) and stepped in a pass of their own that notes whether
+        anything changed; the rest in one that does not, at full speed."""
+        loops = loops_for(rule.name, rule.update)
+        params = plan.params
+        param_addresses, grad_addresses = addresses
+        dtype = storage_dtype(plan.dtype)
+        like = _like(dtype)
+        compute = COMPUTE_TYPES[dtype]
+        decay = _cast(decay_coefficients(hp, decoupled=decoupled_weight_decay), compute)
+        if report_moved:
+            watched = loops.run("all_zero", (dtype,), grad_addresses, plan.elements, like)
+        else:
+            watched = np.zeros(len(params), np.bool_)
+        counts_steps = plan.step_addresses is not None
+        if counts_steps:
+            steps = loops.run("advance_steps", (plan.step_dtype,), plan.step_addresses, _like(plan.step_dtype))
+        else:
+            steps = np.zeros(len(params))
+        keys = np.stack([steps, plan.fresh])
+        plan.fresh = np.zeros(len(params), np.bool_)
+        moved = np.zeros(len(params), np.bool_)
+        uniform = (keys == keys[:, :1]).all()
+        absent = tuple(slot is None for slot in plan.slots)
+        for step, fresh in (keys[:, :1] if uniform else np.unique(keys, axis=1)).T:
+            c = _cast(rule.coefficients(hp, float(step) if counts_steps else None, bool(fresh), EXACT), compute)
+            # Parameters whose step counts differ (one added later) need their own coefficients.
+            same_key = (keys[0] == step) & (keys[1] == fresh)
+            for watch in (False, True):
+                tensors = same_key & (watched == watch)
+                if not tensors.any():
+                    continue
+                chosen = slice(None) if tensors.all() else np.flatnonzero(tensors[plan.items])
+                items = plan.items[chosen]
+                changed = np.zeros(len(items), np.bool_) if watch else None
+                loops.run(
+                    "fused_pass", (dtype, absent, watch, type(c)),
+                    c, decay, like, param_addresses, grad_addresses, *plan.slots,
+                    items, plan.starts[chosen], plan.ends[chosen], changed,
+                )
+                if watch:
+                    moved[items[changed]] = True
+        return [params[i] for i in np.flatnonzero(moved)]
 
 
 def readable(tensors: Sequence[Tensor]) -> list[bool]:
@@ -558,7 +108,7 @@ def readable(tensors: Sequence[Tensor]) -> list[bool]:
                 return [True] * len(locals_)
     except RuntimeError:  # layouts without strides
         pass
-    return [_supported(t) and is_dense(t) for t in locals_]
+    return [FusedCpuKernel.supports(t) and is_dense(t) for t in locals_]
 
 
 def all_finite(rule: Rule, grads: Sequence[Tensor]) -> bool:
@@ -568,8 +118,8 @@ def all_finite(rule: Rule, grads: Sequence[Tensor]) -> bool:
     for grad in map(local_tensor, grads):
         by_dtype.setdefault(storage_dtype(grad.dtype), []).append(grad)
     for dtype, tensors in by_dtype.items():
-        elements = np.array([_element_count(t) for t in tensors], np.int64)
-        items, starts, ends = _work_items(elements)
-        if not loops.run("all_finite", (dtype,), _addresses(tensors), items, starts, ends, _like(dtype)).all():
+        elements = np.array([element_count(t) for t in tensors], np.int64)
+        items, starts, ends = work_items(elements, WORK_ITEM_ELEMENTS)
+        if not loops.run("all_finite", (dtype,), addresses_of(tensors), items, starts, ends, _like(dtype)).all():
             return False
     return True

@@ -140,6 +140,10 @@ def addcdiv(a, b, c, value):
     """``a + value * b / c``."""
 
 
+def div(a, b):
+    """``a / b``, correctly rounded."""
+
+
 def ema_square(average, x, decay, weight):
     """``decay * average + weight * x^2``."""
 
@@ -197,6 +201,12 @@ def _addcmul(a, b, c, value):
 def _addcdiv(a, b, c, value):
     kind = as_dtype(a).type
     return lambda a, b, c, value: a + kind(value) * b / c
+
+
+@overload(div, inline="always")
+def _div(a, b):
+    kind = as_dtype(a).type
+    return lambda a, b: a / kind(b)
 
 
 @overload(ema_square, inline="always")

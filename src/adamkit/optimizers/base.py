@@ -20,6 +20,7 @@ from torch.optim import Optimizer
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from adamkit.kernels import eager_step, fused_cpu
+from adamkit.kernels.fused import FusedKernel
 from adamkit.kernels.fused_cpu import FusedCpuKernel
 from adamkit.rules import Rule
 from adamkit.state import allocate_flat_state, local_tensor
@@ -75,6 +76,11 @@ def check_betas(betas: tuple[float | Tensor, float | Tensor], *, foreach: bool |
                 raise ValueError(f"Tensor betas[{index}] must be 1-element")
 
 
+def _fused_kernels() -> list[FusedKernel]:
+    """The fused kernels an optimizer tries, in order; the eager kernel takes the rest."""
+    return [FusedCpuKernel()]
+
+
 def capturable_devices() -> list[str]:
     return ["cuda", "xpu", "hpu", torch._C._get_privateuse1_backend_name(), "xla"]
 
@@ -127,7 +133,7 @@ class RuleOptimizer(Optimizer):
         self.skipped_steps = 0
         self.frozen: set[Tensor] = set()
         self._warned_zero_grad: set[Tensor] = set()
-        self.fused_kernel = FusedCpuKernel()
+        self.fused_kernels = _fused_kernels()
         self.last_step_kernels: dict[str, int] = {}
         if self.eager_state:
             for group in self.param_groups:
@@ -168,7 +174,7 @@ class RuleOptimizer(Optimizer):
         self.__dict__.setdefault("skipped_steps", 0)
         self.__dict__.setdefault("frozen", set())
         self.__dict__.setdefault("_warned_zero_grad", set())
-        self.__dict__.setdefault("fused_kernel", FusedCpuKernel())
+        self.__dict__.setdefault("fused_kernels", _fused_kernels())
         self.__dict__.setdefault("last_step_kernels", {})
         for group in self.param_groups:
             for key, default in self.flag_defaults.items():
@@ -190,14 +196,15 @@ class RuleOptimizer(Optimizer):
         parameter; then the fused kernel's state moves into flat buffers."""
         self._check_loaded_shapes(state_dict)
         super().load_state_dict(state_dict)
-        self.fused_kernel.forget()
+        for kernel in self.fused_kernels:
+            kernel.forget()
         for group in self.param_groups:
             if not self.uses_fused_kernel(group):
                 continue
             batches: dict[tuple, list[Tensor]] = {}
             for p in group["params"]:
                 state = self.state.get(p)
-                if state and fused_cpu.takes(p, p) and all(map(torch.is_tensor, state.values())):
+                if state and self._fused_takes(p) and all(map(torch.is_tensor, state.values())):
                     step = state.get("step")
                     key = (p.dtype, tuple(name for name in state if name != "step"), None if step is None else step.dtype)
                     batches.setdefault(key, []).append(p)
@@ -256,8 +263,8 @@ class RuleOptimizer(Optimizer):
         if self.uses_fused_kernel(group):
             batches: dict[torch.dtype, list[Tensor]] = {}
             for p in params:
-                if fused_cpu.takes(p, p):
-                    batches.setdefault(p.dtype, []).append(p)
+                if self._fused_takes(p):
+                    batches.setdefault((p.dtype, p.device), []).append(p)
             fills = {name: fill for name, fill in self.state_fills(group).items() if fill is not None}
             step_dtype = scalar_dtype(group.get("fused")) if self.counts_steps else None
             for batch in batches.values():
@@ -405,31 +412,42 @@ class RuleOptimizer(Optimizer):
             or torch.compiler.is_compiling()
         )
 
+    def _fused_takes(self, param: Tensor) -> bool:
+        return any(kernel.takes(param, param) for kernel in self.fused_kernels)
+
     def _fused_group_step(self, group: dict[str, Any], hp: dict[str, Any]) -> tuple[list[Tensor], list[Tensor]]:
-        """Step what the fused kernel takes of the group's unfrozen parameters with a
-        gradient. Returns the rest, for the eager kernel, and the stepped ones whose
-        all-zero gradient did not keep them still."""
+        """Step what the fused kernels take of the group's unfrozen parameters with a
+        gradient, each kernel what the one before left. Returns the rest, for the eager
+        kernel, and the stepped ones whose all-zero gradient did not keep them still."""
         frozen = self.frozen
         params = group["params"]
         grads = list(map(_grad_of, params))
         if frozen or any(g is None for g in grads):
             active = [(p, g) for p, g in zip(params, grads) if g is not None and p not in frozen]
             params, grads = [p for p, _ in active], [g for _, g in active]
-        rest, moved, stepped = self.fused_kernel.step_group(
-            type(self).update_rule,
-            id(group),
-            params,
-            grads,
-            self.state,
-            self.state_fills(group),
-            scalar_dtype(group.get("fused")) if self.counts_steps else None,
-            hp,
-            decoupled_weight_decay=self.decoupled_weight_decay(group),
-            report_moved=self.warn_zero_grad_update,
-        )
-        if stepped:
-            self.last_step_kernels[self.fused_kernel.name] = self.last_step_kernels.get(self.fused_kernel.name, 0) + stepped
-        return rest, moved
+        moved = []
+        for kernel in self.fused_kernels:
+            if not params:
+                break
+            rest, kernel_moved, stepped = kernel.step_group(
+                type(self).update_rule,
+                id(group),
+                params,
+                grads,
+                self.state,
+                self.state_fills(group),
+                scalar_dtype(group.get("fused")) if self.counts_steps else None,
+                hp,
+                decoupled_weight_decay=self.decoupled_weight_decay(group),
+                report_moved=self.warn_zero_grad_update,
+            )
+            moved += kernel_moved
+            if stepped:
+                self.last_step_kernels[kernel.name] = self.last_step_kernels.get(kernel.name, 0) + stepped
+            if len(rest) != len(params):
+                grad_of = dict(zip(map(id, params), grads))
+                params, grads = rest, [grad_of[id(p)] for p in rest]
+        return params, moved
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""

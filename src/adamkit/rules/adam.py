@@ -66,7 +66,7 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, c: AdamCoeffic
     if c.amsgrad:
         max_exp_avg_sq = ops.maximum(max_exp_avg_sq, exp_avg_sq)
         second_moment = max_exp_avg_sq
-    denom = ops.sqrt(second_moment) / c.denom_scale + c.denom_shift
+    denom = ops.div(ops.sqrt(second_moment), c.denom_scale) + c.denom_shift
     return ops.addcdiv(param, exp_avg, denom, c.step_scale), exp_avg, exp_avg_sq, max_exp_avg_sq
 
 

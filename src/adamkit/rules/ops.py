@@ -1,7 +1,7 @@
 """The elementwise operations update rules are written in, here on torch tensors.
 
-A rule's ``update`` uses plain arithmetic (``+ - * /``) and these functions, nothing
-else. Each one is the torch operation ``torch.optim``'s for-loop uses, with the same
+A rule's ``update`` uses plain arithmetic (``+ - *``) and these functions, nothing
+else; division is ``div``, because GPU compilers divide approximately unless told. Each one is the torch operation ``torch.optim``'s for-loop uses, with the same
 rounding: ``lerp``, ``add_scaled`` and ``addcmul`` round once (a fused multiply-add on
 CPU), ``addcdiv`` computes ``a + (value * b) / c``. ``__all__`` is the whole set: a
 kernel that runs rules another way (on single numbers, or with a correctly rounded
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["lerp", "add_scaled", "addcmul", "addcdiv", "ema_square", "sqrt", "sign", "maximum", "clone"]
+__all__ = ["lerp", "add_scaled", "addcmul", "addcdiv", "div", "ema_square", "sqrt", "sign", "maximum", "clone"]
 
 
 def _requires_grad(value) -> bool:
@@ -45,6 +45,11 @@ def addcmul(a: Tensor, b: Tensor, c: Tensor, value) -> Tensor:
 def addcdiv(a: Tensor, b: Tensor, c: Tensor, value) -> Tensor:
     """``a + value * b / c``."""
     return torch.addcdiv(a, b, c, value=value)
+
+
+def div(a: Tensor, b) -> Tensor:
+    """``a / b``, correctly rounded."""
+    return a / b
 
 
 def ema_square(average: Tensor, x: Tensor, decay, weight) -> Tensor:

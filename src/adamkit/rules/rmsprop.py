@@ -53,8 +53,10 @@ def rmsprop_update(param, grad, square_avg, grad_avg, momentum_buffer, c: RMSpro
     avg = avg + c.eps
     if c.momentum > 0:
         momentum_buffer = ops.addcdiv(momentum_buffer * c.momentum, grad, avg, 1)
-        return ops.add_scaled(param, momentum_buffer, c.neg_lr), square_avg, grad_avg, momentum_buffer
-    return ops.addcdiv(param, grad, avg, c.neg_lr), square_avg, grad_avg, momentum_buffer
+        param = ops.add_scaled(param, momentum_buffer, c.neg_lr)
+    else:
+        param = ops.addcdiv(param, grad, avg, c.neg_lr)
+    return param, square_avg, grad_avg, momentum_buffer
 
 
 rmsprop = Rule("rmsprop", ("square_avg", "grad_avg", "momentum_buffer"), rmsprop_coefficients, rmsprop_update)

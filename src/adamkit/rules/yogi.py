@@ -47,7 +47,7 @@ def yogi_update(param, grad, exp_avg, exp_avg_sq, unused, c: YogiCoefficients):
     exp_avg = ops.lerp(exp_avg, grad, c.one_minus_beta1)
     grad_sq = grad * grad
     exp_avg_sq = exp_avg_sq - c.one_minus_beta2 * ops.sign(exp_avg_sq - grad_sq) * grad_sq
-    denom = ops.sqrt(exp_avg_sq) / c.denom_scale + c.denom_shift
+    denom = ops.div(ops.sqrt(exp_avg_sq), c.denom_scale) + c.denom_shift
     return ops.addcdiv(param, exp_avg, denom, c.step_scale), exp_avg, exp_avg_sq, unused
 
 
