@@ -1,5 +1,13 @@
-import pytest
+import os
+
 import torch
+
+# Without a GPU, Triton runs the fused CUDA kernel's pass in its interpreter, on CPU
+# tensors (tests/test_fused_cuda.py). It must be on before the first kernel is made.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -191,7 +191,7 @@ def test_cache_is_shared_by_concurrent_and_later_processes(shared_cache):
 def test_a_broken_cache_never_breaks_a_step(shared_cache, tmp_path):
     broken = tmp_path / "cache"
     shutil.copytree(shared_cache[0], broken)
-    for index in broken.rglob("adam-*.nbi"):
+    for index in broken.rglob("cpu-adam-*.nbi"):
         index.write_bytes(b"\x80\x04garbage")
     result = run_python(STEP_ADAM, cache_dir=broken)
     assert result.stdout.startswith("ok")
@@ -211,16 +211,16 @@ def test_old_copies_are_pruned(tmp_path, monkeypatch):
     folder = compile_cache.cache_dir()
     (folder / "__pycache__").mkdir(parents=True)
     for age in range(5):
-        old = folder / f"adam-old{age}.py"
+        old = folder / f"cpu-adam-old{age}.py"
         old.write_text("")
-        (folder / "__pycache__" / f"adam-old{age}.fused_pass-1.py311.nbi").write_text("")
+        (folder / "__pycache__" / f"cpu-adam-old{age}.fused_pass-1.py311.nbi").write_text("")
         os.utime(old, (1000 + age, 1000 + age))
     rule = adamkit.Adam.update_rule
     compile_cache._cached_module(rule.name, rule.update)
-    copies = sorted(p.name for p in folder.glob("adam-*.py"))
+    copies = sorted(p.name for p in folder.glob("cpu-adam-*.py"))
     assert len(copies) == compile_cache.KEEP_PER_RULE
-    assert {"adam-old3.py", "adam-old4.py"} < set(copies)
-    assert sorted(p.name.split(".")[0] for p in (folder / "__pycache__").iterdir()) == ["adam-old3", "adam-old4"]
+    assert {"cpu-adam-old3.py", "cpu-adam-old4.py"} < set(copies)
+    assert sorted(p.name.split(".")[0] for p in (folder / "__pycache__").iterdir()) == ["cpu-adam-old3", "cpu-adam-old4"]
 
 
 def test_threads_and_warnings_are_left_alone(shared_cache):

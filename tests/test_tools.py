@@ -337,3 +337,10 @@ def test_bench_times_every_implementation_on_the_same_parameters():
 def test_bench_refuses_a_bad_shape_naming_it(capsys):
     message = usage_error(capsys, "bench", "--sizes", "4by10")
     assert "'4by10'" in message and "TENSORSxELEMENTS" in message
+
+
+def test_bench_refuses_a_device_it_does_not_have(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    message = usage_error(capsys, "bench", "--device", "cuda")
+    assert "'cuda' is not available here" in message

@@ -1,9 +1,11 @@
 """Step-time benchmarks of adamkit's Adam against torch.optim.Adam on the same tensors.
 
 A figure is the median of repeated steps after warm-up; every ratio compares two
-optimizers timed in the same run, taking turns step by step. The limit is the machine's measured stream
-bandwidth for the bytes an Adam step must move (param, grad, m, v read; param, m, v
-written: 7 elements per parameter).
+optimizers timed in the same run, taking turns. On the CPU each step is timed alone;
+on a GPU a round of ``repeats`` steps runs back to back (steady state: the host queues
+work while the device runs it) between two CUDA events. The limit is the machine's
+measured stream bandwidth for the bytes an Adam step must move (param, grad, m, v
+read; param, m, v written: 7 elements per parameter).
 
     >>> shape = parse_shape("3x1000")
     >>> shape.tensors, shape.elements, shape.label
@@ -71,36 +73,61 @@ def median_ms(step: Callable[[], object], repeats: int, warmup: int) -> float:
     return statistics.median(times)
 
 
-def make_params(shape: Shape, dtype: torch.dtype) -> list[torch.nn.Parameter]:
+def make_params(shape: Shape, dtype: torch.dtype, device: str = "cpu") -> list[torch.nn.Parameter]:
     """``shape``'s parameters with fixed gradients (so only the step is timed), the same for every call."""
     generator = torch.Generator().manual_seed(0)
     params = []
     for _ in range(shape.tensors):
-        p = torch.nn.Parameter(torch.randn(shape.elements, generator=generator).to(dtype))
-        p.grad = torch.randn(shape.elements, generator=generator).to(dtype) * 1e-3
+        p = torch.nn.Parameter(torch.randn(shape.elements, generator=generator).to(device, dtype))
+        p.grad = torch.randn(shape.elements, generator=generator).to(device, dtype) * 1e-3
         params.append(p)
     return params
 
 
-def time_steps(names: list[str], shape: Shape, dtype: torch.dtype, repeats: int, warmup: int) -> dict[str, float]:
+GPU_ROUNDS = 5
+
+
+def time_steps(
+    names: list[str], shape: Shape, dtype: torch.dtype, repeats: int, warmup: int, device: str = "cpu"
+) -> dict[str, float]:
     """Median ms of one ``step()`` per implementation, each on its own copy of ``shape``;
     for adamkit also of its per-step checks alone (``"adamkit checks"``).
 
-    The implementations take turns step by step, so a slow spell of the machine (a
-    shared VM's bandwidth drifts by 10-20% over minutes) falls on all of them alike.
+    The implementations take turns, so a slow spell of the machine (a shared VM's
+    bandwidth drifts by 10-20% over minutes) falls on all of them alike: step by step
+    on the CPU, round by round (``GPU_ROUNDS`` of ``repeats`` steps) on a GPU.
     """
-    optimizers = {name: IMPLEMENTATIONS[name](make_params(shape, dtype)) for name in names}
+    optimizers = {name: IMPLEMENTATIONS[name](make_params(shape, dtype, device)) for name in names}
     times: dict[str, list[float]] = {name: [] for name in names}
-    for index in range(warmup + repeats):
-        for name, optimizer in optimizers.items():
-            start = time.perf_counter()
-            optimizer.step()
-            if index >= warmup:
-                times[name].append((time.perf_counter() - start) * 1e3)
+    if device == "cpu":
+        for index in range(warmup + repeats):
+            for name, optimizer in optimizers.items():
+                start = time.perf_counter()
+                optimizer.step()
+                if index >= warmup:
+                    times[name].append((time.perf_counter() - start) * 1e3)
+    else:
+        for optimizer in optimizers.values():
+            for _ in range(warmup):
+                optimizer.step()
+        for _ in range(GPU_ROUNDS):
+            for name, optimizer in optimizers.items():
+                times[name].append(_gpu_ms_per_step(optimizer.step, repeats))
     medians = {name: statistics.median(values) for name, values in times.items()}
     if "adamkit" in optimizers:
         medians["adamkit checks"] = median_ms(lambda: check_step(optimizers["adamkit"]), repeats, warmup)
     return medians
+
+
+def _gpu_ms_per_step(step: Callable[[], object], repeats: int) -> float:
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        step()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / repeats
 
 
 def check_step(optimizer: adamkit.optimizers.RuleOptimizer) -> None:
@@ -122,20 +149,27 @@ def _stream(param, grad, exp_avg, exp_avg_sq):
         exp_avg_sq[i] += g
 
 
-def stream_bandwidth(elements: int, repeats: int = 10) -> float:
-    """GB/s of a plain pass that reads four fp32 arrays and writes three, as Adam must."""
+def stream_bandwidth(elements: int, repeats: int = 10, device: str = "cpu") -> float:
+    """GB/s of a plain pass that reads four fp32 arrays and writes three, as Adam must;
+    on a GPU, of a device-to-device copy (bytes read plus written)."""
+    if device != "cpu":
+        source, target = torch.ones(4 * elements, device=device), torch.empty(4 * elements, device=device)
+        ms = statistics.median(_gpu_ms_per_step(lambda: target.copy_(source), repeats) for _ in range(GPU_ROUNDS))
+        return 2 * 4 * 4 * elements / ms / 1e6
     arrays = [np.ones(elements, np.float32) for _ in range(4)]
     ms = median_ms(lambda: _stream(*arrays), repeats, warmup=2)
     return ELEMENTS_MOVED_PER_PARAM * 4 * elements / ms / 1e6
 
 
-def machine() -> str:
+def machine(device: str = "cpu") -> str:
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    if device != "cpu":
+        model = f"{torch.cuda.get_device_name(device)} (host: {model})"
     return (
         f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}, numba {numba.__version__}, Python {platform.python_version()}"
@@ -152,12 +186,15 @@ class Result:
     checks_ms: float | None = None  # adamkit: the part of ms spent checking its plans
 
 
-def run(shapes: list[Shape], dtype: torch.dtype, implementations: list[str], repeats: int, warmup: int) -> list[Result]:
+def run(
+    shapes: list[Shape], dtype: torch.dtype, implementations: list[str], repeats: int, warmup: int,
+    device: str = "cpu",
+) -> list[Result]:
     element_size = torch.finfo(dtype).bits // 8
     results = []
     for shape in shapes:
         moved = ELEMENTS_MOVED_PER_PARAM * element_size * shape.params
-        times = time_steps(implementations, shape, dtype, repeats, warmup)
+        times = time_steps(implementations, shape, dtype, repeats, warmup, device)
         checks = times.pop("adamkit checks", None)
         for name, ms in times.items():
             result = Result(shape.label, str(dtype).removeprefix("torch."), name, ms, moved / ms / 1e6)

@@ -23,6 +23,7 @@ def register(subparsers) -> None:
     parser.add_argument("--sizes", nargs="+", default=list(benchmark.DEFAULT_SHAPES), metavar="NxM",
                         help="shapes to time, N tensors of M elements (default: %(default)s)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N for a GPU")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="threads for torch and adamkit (default: torch's)")
     parser.add_argument("--repeats", type=positive_int, default=10, help="timed steps per figure")
@@ -38,18 +39,22 @@ def run(args: argparse.Namespace) -> None:
         shapes = [benchmark.parse_shape(text) for text in args.sizes]
     except ValueError as error:
         raise CommandError(str(error)) from None
+    if args.device != "cpu" and not (args.device.startswith("cuda") and torch.cuda.is_available()):
+        raise CommandError(f"device {args.device!r} is not available here; use cpu, or cuda on a machine with a GPU")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
         numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     dtype = DTYPES[args.dtype]
-    bandwidth = benchmark.stream_bandwidth(max(s.params for s in shapes))
-    results = benchmark.run(shapes, dtype, args.implementations, args.repeats, args.warmup)
+    bandwidth = benchmark.stream_bandwidth(max(s.params for s in shapes), device=args.device)
+    results = benchmark.run(shapes, dtype, args.implementations, args.repeats, args.warmup, args.device)
+    machine = benchmark.machine(args.device)
     if args.json:
-        print(json.dumps({"machine": benchmark.machine(), "stream_gb_per_s": bandwidth,
+        print(json.dumps({"machine": machine, "device": args.device, "stream_gb_per_s": bandwidth,
                           "results": [asdict(r) for r in results]}, indent=2))
         return
-    print(f"machine: {benchmark.machine()}")
-    print(f"limit: stream bandwidth {bandwidth:.1f} GB/s (7 fp32 arrays per parameter)")
+    print(f"machine: {machine}")
+    limit = "device-to-device copy" if args.device != "cpu" else "7 fp32 arrays per parameter"
+    print(f"limit: stream bandwidth {bandwidth:.1f} GB/s ({limit})")
     print(f"{'shape':>14}  {'implementation':<15} {'ms/step':>9} {'GB/s':>7} {'adamkit speedup':>16}")
     for shape in shapes:
         rows = [r for r in results if r.shape == shape.label]

@@ -1,16 +1,17 @@
-"""Where the fused CPU kernel's compiled code lives, and how processes share it.
+"""Where the fused kernels' compiled code lives, and how processes share it.
 
 numba compiles ``cpu_loops`` for each rule on first use (seconds) and caches the
-result on disk beside the source it compiled. adamkit writes that source itself, one
-copy of the template per rule, into a cache folder it owns:
+result on disk beside the source it compiled; Triton compiles ``triton_loops`` from its
+source file and keeps its own cache. adamkit writes those sources itself, one copy of
+each template per rule, into a cache folder it owns:
 
 - ``$ADAMKIT_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/adamkit`` (``~/.cache/adamkit``),
   in a subfolder per numba and Python version. An installed package may be read-only;
   this folder is the user's.
 - A copy's name carries a hash of everything its compiled code depends on (the
-  template, the rule's module, ``scalar_ops``, the shared transforms), so an edited
+  template, the rule's module, the operations, the shared transforms), so an edited
   or upgraded rule gets a new copy and can never meet stale code. The three newest
-  copies per rule are kept, older ones deleted.
+  copies per template and rule are kept, older ones deleted.
 - numba keys each entry by argument types, so every later process finds the entry an
   earlier one wrote; each real specialization is compiled once.
 - Compiling and saving happen under an exclusive lock on ``.lock`` in the folder:
@@ -29,6 +30,7 @@ import os
 import re
 import sys
 import types
+import typing
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -62,16 +64,44 @@ def cache_dir() -> Path:
     return Path(root) / f"numba-{numba.__version__}-py{sys.version_info[0]}{sys.version_info[1]}"
 
 
-def _with_binding(binding: str) -> str:
-    template = Path(cpu_loops.__file__).read_text()
-    return _BINDING.sub(lambda m: m[1] + binding + m[3], template, count=1)
+def _with_binding(template: types.ModuleType, binding: str) -> str:
+    text = Path(template.__file__).read_text()
+    return _BINDING.sub(lambda m: m[1] + binding + m[3], text, count=1)
 
 
-def _fingerprint(text: str, update: Callable) -> str:
+def _fingerprint(text: str, modules) -> str:
     digest = hashlib.sha256(text.encode())
-    for module in (inspect.getmodule(update), scalar_ops, transforms, rule_module):
+    for module in modules:
         digest.update(Path(inspect.getsourcefile(module)).read_bytes())
     return digest.hexdigest()[:16]
+
+
+def _importable(function: Callable) -> str:
+    """``from module import name`` for ``function`` (or class); a ValueError if it has no such name."""
+    if "<" in function.__qualname__:
+        raise ValueError(f"{function.__qualname__} cannot be imported by name")
+    return f"from {function.__module__} import {function.__qualname__}"
+
+
+def write_copy(template: types.ModuleType, kind: str, rule_name: str, binding: str, depends_on) -> types.ModuleType:
+    """Write (once) ``template`` with ``binding`` between its BINDING markers into the
+    cache folder as ``{kind}-{rule_name}-{hash}.py``, and import it."""
+    text = _with_binding(template, binding)
+    folder = cache_dir()
+    stem = f"{kind}-{rule_name}"
+    path = folder / f"{stem}-{_fingerprint(text, depends_on)}.py"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(text)
+        try:
+            os.link(temporary, path)  # never replaces: numba keys its cache on the file's mtime
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink(missing_ok=True)
+        _prune(folder, stem, path)
+    return _import(path)
 
 
 def _import(path: Path) -> types.ModuleType:
@@ -89,37 +119,23 @@ def _import(path: Path) -> types.ModuleType:
     return module
 
 
-def _prune(folder: Path, rule_name: str, keep: Path) -> None:
-    copies = sorted(folder.glob(f"{rule_name}-*.py"), key=lambda p: p.stat().st_mtime, reverse=True)
+def _prune(folder: Path, stem: str, keep: Path) -> None:
+    copies = sorted(folder.glob(f"{stem}-*.py"), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in [p for p in copies if p != keep][KEEP_PER_RULE - 1 :]:
         for path in [old, *(folder / "__pycache__").glob(f"{old.stem}.*")]:
             path.unlink(missing_ok=True)
 
 
 def _cached_module(rule_name: str, update: Callable) -> types.ModuleType:
-    """Write (once) and import this rule's copy of the template in the cache folder."""
-    if "<" in update.__qualname__:
-        raise ValueError(f"{update.__qualname__} cannot be imported by name")
-    text = _with_binding(f"from {update.__module__} import {update.__qualname__} as rule_update\n\nCACHE = True\n")
-    folder = cache_dir()
-    path = folder / f"{rule_name}-{_fingerprint(text, update)}.py"
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(text)
-        try:
-            os.link(temporary, path)  # never replaces: numba keys its cache on the file's mtime
-        except FileExistsError:
-            pass
-        finally:
-            temporary.unlink(missing_ok=True)
-        _prune(folder, rule_name, path)
-    return _import(path)
+    """This rule's copy of ``cpu_loops`` in the cache folder, imported."""
+    binding = f"{_importable(update)} as rule_update\n\nCACHE = True\n"
+    depends_on = (inspect.getmodule(update), scalar_ops, transforms, rule_module)
+    return write_copy(cpu_loops, "cpu", rule_name, binding, depends_on)
 
 
 def _uncached_module(rule_name: str, update: Callable) -> types.ModuleType:
-    """The template compiled in memory, with ``update`` bound and numba's cache off."""
-    text = _with_binding("rule_update = rule_update\n\nCACHE = False\n")
+    """``cpu_loops`` compiled in memory, with ``update`` bound and numba's cache off."""
+    text = _with_binding(cpu_loops, "rule_update = rule_update\n\nCACHE = False\n")
     module = types.ModuleType(f"adamkit_uncached_{rule_name}_{id(update):x}")
     module.__dict__["rule_update"] = update
     sys.modules[module.__name__] = module
@@ -210,3 +226,34 @@ def loops_for(rule_name: str, update: Callable) -> CompiledLoops:
     if loops is None:
         loops = _loops[update] = CompiledLoops(rule_name, update)
     return loops
+
+
+def _loader(name: str, namedtuple: type, alias: str) -> str:
+    """Source of a Triton function building ``namedtuple`` from consecutive values at a
+    pointer (bool fields: value != 0)."""
+    hints = typing.get_type_hints(namedtuple)
+    loads = [f"tl.load(pointer + {i})" + (" != 0" if hints.get(f) is bool else "") for i, f in enumerate(namedtuple._fields)]
+    return f"@triton.jit\ndef {name}(pointer):\n    return {alias}({', '.join(loads)})\n"
+
+
+_triton_modules: dict[Callable, types.ModuleType] = {}
+
+
+def triton_loops_for(rule) -> types.ModuleType:
+    """This rule's copy of ``triton_loops`` (Triton compiles from source files), imported.
+
+    The rule's coefficients function must be annotated to return its NamedTuple.
+    """
+    module = _triton_modules.get(rule.update)
+    if module is None:
+        from adamkit.kernels import triton_loops, triton_ops
+
+        coefficients = typing.get_type_hints(rule.coefficients)["return"]
+        binding = (
+            f"{_importable(coefficients)} as Coefficients\n{_importable(rule.update)} as rule_update\n\n\n"
+            + _loader("load_coefficients", coefficients, "Coefficients") + "\n\n"
+            + _loader("load_decay", transforms.DecayCoefficients, "DecayCoefficients")
+        )
+        depends_on = (inspect.getmodule(rule.update), triton_ops, transforms, rule_module)
+        module = _triton_modules[rule.update] = write_copy(triton_loops, "cuda", rule.name, binding, depends_on)
+    return module

@@ -69,10 +69,7 @@ class FusedCpuKernel(FusedKernel):
         else:
             watched = np.zeros(len(params), np.bool_)
         counts_steps = plan.step_addresses is not None
-        if counts_steps:
-            steps = loops.run("advance_steps", (plan.step_dtype,), plan.step_addresses, _like(plan.step_dtype))
-        else:
-            steps = np.zeros(len(params))
+        steps = advance_steps(rule, plan) if counts_steps else np.zeros(len(params))
         keys = np.stack([steps, plan.fresh])
         plan.fresh = np.zeros(len(params), np.bool_)
         moved = np.zeros(len(params), np.bool_)
@@ -97,6 +94,13 @@ class FusedCpuKernel(FusedKernel):
                 if watch:
                     moved[items[changed]] = True
         return [params[i] for i in np.flatnonzero(moved)]
+
+
+def advance_steps(rule: Rule, plan: FusedPlan) -> np.ndarray:
+    """Add 1 to each of ``plan``'s step counters (CPU tensors, in their own dtype, as
+    ``step += 1`` would) and return the new counts."""
+    loops = loops_for(rule.name, rule.update)
+    return loops.run("advance_steps", (plan.step_dtype,), plan.step_addresses, _like(plan.step_dtype))
 
 
 def readable(tensors: Sequence[Tensor]) -> list[bool]:

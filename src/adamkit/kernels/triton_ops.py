@@ -4,7 +4,7 @@ The fused CUDA kernel runs a rule bound to this module (``adamkit.rules.bind``).
 operation rounds as ``scalar_ops`` does on the CPU: ``lerp``, ``add_scaled``,
 ``addcmul`` and ``ema_square``'s last step are one fused multiply-add (``tl.fma``),
 division and square root are the IEEE ones (``tl.div_rn``, ``tl.sqrt_rn``; Triton's
-``/`` and ``tl.sqrt`` are approximate in fp32), and kernels are compiled with
+``/`` and ``tl.sqrt`` are approximate in fp32, IEEE in fp64), and kernels are compiled with
 ``enable_fp_fusion=False`` so that nothing else is contracted.
 """
 
@@ -31,12 +31,14 @@ def addcmul(a, b, c, value):
 
 @triton.jit
 def addcdiv(a, b, c, value):
-    return a + tl.div_rn(value * b, c)
+    return a + div(value * b, c)
 
 
 @triton.jit
 def div(a, b):
-    return tl.div_rn(a, b)
+    if a.dtype == tl.float32:
+        return tl.div_rn(a, b)
+    return a / b  # fp64: Triton divides correctly rounded (div.rn.f64)
 
 
 @triton.jit
@@ -64,3 +66,16 @@ def maximum(a, b):
 @triton.jit
 def clone(x):
     return x
+
+
+@triton.jit
+def to_storage(value, STORAGE: tl.constexpr):
+    """``value`` (fp32 or fp64) in the storage dtype, rounded to nearest even. bf16 is
+    rounded with integer arithmetic, as ``scalar_ops`` does on the CPU: the same on the
+    GPU and in Triton's interpreter, whose own conversion truncates."""
+    if STORAGE == tl.bfloat16:
+        bits = value.to(tl.uint32, bitcast=True)
+        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).to(tl.uint16)
+        rounded = tl.where(value != value, tl.full(rounded.shape, 0x7FC0, tl.uint16), rounded)
+        return rounded.to(tl.bfloat16, bitcast=True)
+    return value.to(STORAGE)

@@ -22,6 +22,7 @@ from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 from adamkit.kernels import eager_step, fused_cpu
 from adamkit.kernels.fused import FusedKernel
 from adamkit.kernels.fused_cpu import FusedCpuKernel
+from adamkit.kernels.fused_cuda import FusedCudaKernel
 from adamkit.rules import Rule
 from adamkit.state import allocate_flat_state, local_tensor
 
@@ -78,7 +79,7 @@ def check_betas(betas: tuple[float | Tensor, float | Tensor], *, foreach: bool |
 
 def _fused_kernels() -> list[FusedKernel]:
     """The fused kernels an optimizer tries, in order; the eager kernel takes the rest."""
-    return [FusedCpuKernel()]
+    return [FusedCudaKernel(), FusedCpuKernel()]
 
 
 def capturable_devices() -> list[str]:

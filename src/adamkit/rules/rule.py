@@ -36,12 +36,12 @@ class Rule:
 
 
 @lru_cache(maxsize=None)
-def bind(function: Callable, ops: types.ModuleType) -> Callable:
+def bind(function: Callable, ops: types.ModuleType, **names) -> Callable:
     """``function`` (an update or transform) with ``ops.*`` calls going to ``ops``.
 
     Rules call ``ops.lerp``, ``ops.sqrt``... by the module-level name ``ops``; a kernel
     that implements those operations differently runs the same code with its own
-    module in that name's place.
+    module in that name's place. ``names`` become globals of the bound function too.
 
     >>> import math
     >>> def norm(x, y):
@@ -49,7 +49,7 @@ def bind(function: Callable, ops: types.ModuleType) -> Callable:
     >>> bind(norm, math)(3.0, 4.0)
     5.0
     """
-    namespace = dict(function.__globals__, ops=ops)
+    namespace = dict(function.__globals__, ops=ops, **names)
     bound = types.FunctionType(
         function.__code__, namespace, function.__name__, function.__defaults__, function.__closure__
     )

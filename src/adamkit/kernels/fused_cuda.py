@@ -1,0 +1,164 @@
+"""The fused CUDA kernel: one Triton launch per step for each plan (group, dtype, device).
+
+The pass itself is ``triton_loops``: the rule's ``update`` bound to ``triton_ops``,
+compiled with ``enable_fp_fusion=False``. A plan's device tables (addresses of every
+tensor, element counts, which block belongs to which tensor) are uploaded once; each
+step uploads only what changed (gradients at new addresses) and the step's
+coefficients, from pinned memory, without waiting for the device. Step counters stay on
+the CPU, as torch keeps them outside capturable and fused mode, so the coefficients are
+computed on the host, correctly rounded. The zero-grad warning reads its flags back
+asynchronously and so may come one step late.
+
+Run with ``TRITON_INTERPRET=1``, Triton executes the pass on CPU tensors (NumPy
+arithmetic, so fused multiply-adds round twice); the test suite uses that, with the
+kernel's device type set to "cpu", to check every rule and flag without a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from adamkit.kernels.fused import FusedKernel, FusedPlan, storage_dtype
+from adamkit.rules import EXACT, Rule, decay_coefficients
+
+BLOCK = 2048
+ROWS = 5  # parameter, gradient, three state slots
+_TRITON_DTYPES = {}  # torch dtype -> triton dtype, filled on first use
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Triton can be imported, and there is a GPU for it or its interpreter is on."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _triton_dtype(dtype: torch.dtype):
+    if not _TRITON_DTYPES:
+        import triton.language as tl
+
+        _TRITON_DTYPES.update({
+            torch.float32: tl.float32, torch.float64: tl.float64, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16,
+        })
+    return _TRITON_DTYPES[dtype]
+
+
+def _upload(values: np.ndarray, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``values`` on ``device`` without waiting for it: through pinned memory, whose
+    block torch's caching host allocator keeps until the copy has run."""
+    host = torch.from_numpy(values).to(dtype)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+class _Tables:
+    """A plan's tables on its device."""
+
+    def __init__(self, plan: FusedPlan, addresses: tuple[np.ndarray, np.ndarray], item_elements: int) -> None:
+        device = plan.device
+        rows = np.zeros((ROWS, len(plan.params)), np.int64)
+        rows[0], rows[1] = addresses
+        for row, slot in enumerate(plan.slots, start=2):
+            if slot is not None:
+                rows[row] = slot
+        self.grad_addresses = addresses[1]
+        self.addresses = _upload(rows.reshape(-1), device, torch.int64)
+        self.elements = _upload(plan.elements, device, torch.int64)
+        self.block_tensor = _upload(plan.items.astype(np.int32), device, torch.int32)
+        self.block_start = _upload(plan.starts, device, torch.int64)
+        self.flags = torch.zeros(2 * len(plan.params), dtype=torch.int32, device=device)
+        self.flags_on_host: Tensor | None = None
+        self.flags_ready: torch.cuda.Event | None = None
+
+    def follow_grads(self, grad_addresses: np.ndarray) -> None:
+        """Gradients at new addresses (new tensors after ``zero_grad(set_to_none=True)``,
+        when the allocator does not hand out the same blocks): upload that row."""
+        if not np.array_equal(grad_addresses, self.grad_addresses):
+            count = len(grad_addresses)
+            self.addresses[count : 2 * count].copy_(_upload(grad_addresses, self.addresses.device, torch.int64), non_blocking=True)
+            self.grad_addresses = grad_addresses
+
+
+class FusedCudaKernel(FusedKernel):
+    """The default kernel for CUDA tensors (see the module's documentation)."""
+
+    name = "fused_cuda"
+    device_type = "cuda"
+    item_elements = BLOCK
+
+    @classmethod
+    def supports(cls, t: Tensor) -> bool:
+        return super().supports(t) and triton_available()
+
+    def launch(
+        self, rule: Rule, plan: FusedPlan, addresses: tuple[np.ndarray, np.ndarray], hp: Mapping, *,
+        decoupled_weight_decay: bool, report_moved: bool,
+    ) -> list[Tensor]:
+        from adamkit.kernels.compile_cache import triton_loops_for
+        from adamkit.kernels.fused_cpu import advance_steps
+
+        tables = plan.launch_data.get("tables")
+        if tables is None:
+            tables = plan.launch_data["tables"] = _Tables(plan, addresses, self.item_elements)
+        tables.follow_grads(addresses[1])
+        moved = self._moved_last_time(plan, tables)
+        dtype = storage_dtype(plan.dtype)
+        compute = torch.float64 if dtype is torch.float64 else torch.float32
+        decay = decay_coefficients(hp, decoupled=decoupled_weight_decay)
+        counts_steps = plan.step_addresses is not None
+        steps = advance_steps(rule, plan) if counts_steps else np.zeros(len(plan.params))
+        keys = np.stack([steps, plan.fresh])
+        plan.fresh = np.zeros(len(plan.params), np.bool_)
+        uniform = (keys == keys[:, :1]).all()
+        loops = triton_loops_for(rule)
+        if report_moved:
+            tables.flags.zero_()
+        for step, fresh in (keys[:, :1] if uniform else np.unique(keys, axis=1)).T:
+            c = rule.coefficients(hp, float(step) if counts_steps else None, bool(fresh), EXACT)
+            values = _upload(np.array([*map(float, c), *map(float, decay)]), plan.device, compute)
+            if uniform:
+                block_tensor, block_start = tables.block_tensor, tables.block_start
+            else:  # parameters whose step counts differ (one added later) need their own coefficients
+                chosen = np.flatnonzero(((keys[0] == step) & (keys[1] == fresh))[plan.items])
+                block_tensor = _upload(plan.items[chosen].astype(np.int32), plan.device, torch.int32)
+                block_start = _upload(plan.starts[chosen], plan.device, torch.int64)
+            loops.fused_pass[(len(block_tensor),)](
+                tables.addresses, tables.elements, block_tensor, block_start, values, values[len(c):],
+                tables.flags, len(plan.params),
+                STORAGE=_triton_dtype(dtype), COMPUTE=_triton_dtype(compute),
+                SLOT0=plan.slots[0] is not None, SLOT1=plan.slots[1] is not None, SLOT2=plan.slots[2] is not None,
+                WATCH=report_moved, BLOCK=self.item_elements, enable_fp_fusion=False,
+            )
+        if report_moved:
+            self._read_flags_later(tables)
+        return moved
+
+    @staticmethod
+    def _read_flags_later(tables: _Tables) -> None:
+        if tables.flags.device.type != "cuda":
+            tables.flags_on_host = tables.flags.clone()
+            return
+        tables.flags_on_host = torch.empty(tables.flags.shape, dtype=torch.int32, pin_memory=True)
+        tables.flags_on_host.copy_(tables.flags, non_blocking=True)
+        tables.flags_ready = torch.cuda.Event()
+        tables.flags_ready.record()
+
+    @staticmethod
+    def _moved_last_time(plan: FusedPlan, tables: _Tables) -> list[Tensor]:
+        """Parameters whose all-zero gradient did not keep them still in an earlier step,
+        once that step's flags have reached the host (never waiting for them)."""
+        if tables.flags_on_host is None or (tables.flags_ready is not None and not tables.flags_ready.query()):
+            return []
+        flags = tables.flags_on_host.numpy().reshape(-1, 2)
+        tables.flags_on_host = None
+        return [plan.params[i] for i in np.flatnonzero((flags[:, 0] == 0) & (flags[:, 1] != 0))]

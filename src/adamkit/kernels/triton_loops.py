@@ -1,0 +1,88 @@
+"""The fused CUDA kernel's pass (Triton), compiled once per update rule.
+
+A template, as ``cpu_loops`` is: ``adamkit.kernels.compile_cache`` writes one copy per
+rule with the lines between the BINDING markers naming the rule's update and loaders
+of its coefficients, and imports the copy (Triton compiles from source files). Read as
+it is, this module binds Adam.
+
+One launch steps every tensor of a plan: program ``i`` takes block ``i`` of
+``BLOCK`` elements, finds its tensor and offset in the plan's block tables, and reads
+the tensor's addresses from the address table (parameter, gradient, up to three state
+slots). Coefficients come from a small tensor of the compute dtype (fp32 or fp64;
+Triton passes Python floats as fp32): the rule's, then the weight-decay transform's.
+"""
+
+import triton
+import triton.language as tl
+
+from adamkit.kernels import triton_ops
+from adamkit.rules import bind, maximize_and_weight_decay
+from adamkit.rules.transforms import DecayCoefficients
+
+# BINDING
+from adamkit.rules.adam import AdamCoefficients as Coefficients
+from adamkit.rules.adam import adam_update as rule_update
+
+
+@triton.jit
+def load_coefficients(pointer):
+    return Coefficients(
+        tl.load(pointer + 0), tl.load(pointer + 1), tl.load(pointer + 2), tl.load(pointer + 3),
+        tl.load(pointer + 4), tl.load(pointer + 5), tl.load(pointer + 6) != 0,
+    )
+
+
+@triton.jit
+def load_decay(pointer):
+    return DecayCoefficients(tl.load(pointer + 0) != 0, tl.load(pointer + 1) != 0, tl.load(pointer + 2), tl.load(pointer + 3))
+# END BINDING
+
+# Triton's interpreter looks for triton.language among a jit function's globals.
+_update = triton.jit(bind(rule_update, triton_ops, tl=tl))
+_decay = triton.jit(bind(maximize_and_weight_decay, triton_ops, tl=tl))
+
+
+@triton.jit
+def _slot(tables, row: tl.constexpr, t, count, offsets, mask, STORAGE: tl.constexpr, COMPUTE: tl.constexpr):
+    pointer = tl.load(tables + row * count + t).to(tl.pointer_type(STORAGE))
+    return pointer, tl.load(pointer + offsets, mask=mask).to(COMPUTE)
+
+
+@triton.jit
+def fused_pass(
+    tables, elements, block_tensor, block_start, coefficients, decay_coefficients, flags, count,
+    STORAGE: tl.constexpr, COMPUTE: tl.constexpr,
+    SLOT0: tl.constexpr, SLOT1: tl.constexpr, SLOT2: tl.constexpr, WATCH: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Step one block. A slot the parameters lack is not read or written (the rule gets
+    the gradient in its place and never uses it). With ``WATCH``, ``flags[2t]`` is set if
+    any gradient element of tensor t is nonzero, ``flags[2t + 1]`` if any parameter
+    element changed (as stored)."""
+    block = tl.program_id(0)
+    t = tl.load(block_tensor + block)
+    offsets = tl.load(block_start + block) + tl.arange(0, BLOCK)
+    mask = offsets < tl.load(elements + t)
+    param_pointer, old = _slot(tables, 0, t, count, offsets, mask, STORAGE, COMPUTE)
+    grad_pointer, grad = _slot(tables, 1, t, count, offsets, mask, STORAGE, COMPUTE)
+    s0, s1, s2 = grad, grad, grad
+    if SLOT0:
+        s0_pointer, s0 = _slot(tables, 2, t, count, offsets, mask, STORAGE, COMPUTE)
+    if SLOT1:
+        s1_pointer, s1 = _slot(tables, 3, t, count, offsets, mask, STORAGE, COMPUTE)
+    if SLOT2:
+        s2_pointer, s2 = _slot(tables, 4, t, count, offsets, mask, STORAGE, COMPUTE)
+    new, decayed_grad = _decay(old, grad, load_decay(decay_coefficients))
+    new, y0, y1, y2 = _update(new, decayed_grad, s0, s1, s2, load_coefficients(coefficients))
+    stored = triton_ops.to_storage(new, STORAGE)
+    tl.store(param_pointer + offsets, stored, mask=mask)
+    if SLOT0:
+        tl.store(s0_pointer + offsets, triton_ops.to_storage(y0, STORAGE), mask=mask)
+    if SLOT1:
+        tl.store(s1_pointer + offsets, triton_ops.to_storage(y1, STORAGE), mask=mask)
+    if SLOT2:
+        tl.store(s2_pointer + offsets, triton_ops.to_storage(y2, STORAGE), mask=mask)
+    if WATCH:
+        nonzero = tl.max(((grad != 0) & mask).to(tl.int32), axis=0)
+        changed = tl.max(((stored.to(COMPUTE) != old) & mask).to(tl.int32), axis=0)
+        tl.atomic_or(flags + 2 * t, nonzero)
+        tl.atomic_or(flags + 2 * t + 1, changed)

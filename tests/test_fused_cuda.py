@@ -1,0 +1,185 @@
+"""The fused CUDA kernel (Triton), checked without a GPU and, where one is, on it.
+
+Without a GPU: the pass compiles for an H100 (sm_90) with correctly rounded operations
+only, and Triton's interpreter runs it on CPU tensors (conftest.py turns it on), where
+its fma, div_rn and sqrt_rn round once as on the GPU: every rule and flag must give the
+CPU kernel's bits. With a GPU the same comparison runs on it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+import adamkit
+from adamkit.kernels.fused_cpu import FusedCpuKernel
+from adamkit.kernels.fused_cuda import FusedCudaKernel
+from adamkit.optimizers import base
+from parity import assert_bitwise_equal, run_side_by_side
+from test_fused_cpu import CASES, case_id
+
+triton = pytest.importorskip("triton")
+GPU = torch.cuda.is_available()
+SOURCE = Path(adamkit.__file__).parents[1]
+
+
+@pytest.fixture
+def cuda_kernel_on_cpu(monkeypatch):
+    """Optimizers made now step CPU tensors with the CUDA kernel's Triton pass (interpreted)."""
+    if GPU:
+        pytest.skip("a GPU runs the pass itself (test_cuda_kernel_equals_cpu_kernel_on_the_gpu)")
+    monkeypatch.setattr(FusedCudaKernel, "device_type", "cpu")
+    monkeypatch.setattr(base, "_fused_kernels", lambda: [FusedCudaKernel()])
+
+
+def _small_params(dtype):
+    g = torch.Generator().manual_seed(3)
+    shapes = [(5, 3), (7,), (), (2 * FusedCudaKernel.item_elements + 9,)]
+    params = [torch.nn.Parameter(torch.randn(shape, generator=g, dtype=dtype)) for shape in shapes]
+    params.append(torch.nn.Parameter(torch.randn(6, 4, generator=g, dtype=dtype).t()))
+    return params
+
+
+# The interpreter takes about 0.7 s a case: every flag of every algorithm runs with -m slow,
+# the default run takes each algorithm with several flags on at once and a few alone.
+SPOT_CASES = {case_id(max((c for c in CASES if c[0] is cls), key=lambda c: sum(map(bool, c[1].values()))))
+              for cls in {c[0] for c in CASES}} | {case_id(c) for c in CASES[::15]}
+MATRIX = [pytest.param(c, id=case_id(c), marks=() if case_id(c) in SPOT_CASES else pytest.mark.slow) for c in CASES]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", MATRIX)
+def test_cuda_pass_equals_cpu_pass_bitwise(case, dtype, cuda_kernel_on_cpu, monkeypatch):
+    cls, flags = case
+    torch.set_default_dtype(dtype)
+    params = _small_params(dtype)
+    cuda = run_side_by_side(cls, cls, params, dict(lr=0.01, **flags), steps=5)
+    monkeypatch.setattr(base, "_fused_kernels", lambda: [FusedCpuKernel()])
+    cpu = run_side_by_side(cls, cls, params, dict(lr=0.01, **flags), steps=5)
+    assert cuda[3].last_step_kernels == {"fused_cuda": len(params)}
+    assert cpu[3].last_step_kernels == {"fused_cpu": len(params)}
+    assert_bitwise_equal(cpu[1], cuda[1], cpu[3], cuda[3])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_is_computed_in_fp32_as_on_the_cpu(dtype, cuda_kernel_on_cpu, monkeypatch):
+    params = _small_params(dtype)
+    kwargs = dict(lr=0.01, weight_decay=0.1, amsgrad=True)
+    cuda = run_side_by_side(adamkit.AdamW, adamkit.AdamW, params, kwargs, steps=5)
+    monkeypatch.setattr(base, "_fused_kernels", lambda: [FusedCpuKernel()])
+    cpu = run_side_by_side(adamkit.AdamW, adamkit.AdamW, params, kwargs, steps=5)
+    assert cuda[3].last_step_kernels == {"fused_cuda": len(params)}
+    assert_bitwise_equal(cpu[1], cuda[1], cpu[3], cuda[3])
+
+
+def test_zero_grad_warning_comes_at_most_one_step_late(cuda_kernel_on_cpu):
+    """The flags come back without waiting for the device, so the warning may come a
+    step late; it names the parameter that moved."""
+    moving, still = torch.nn.Parameter(torch.ones(10)), torch.nn.Parameter(torch.ones(3))
+    optimizer = adamkit.AdamW([moving, still], lr=0.1, weight_decay=0.5)
+    messages = []
+    for _ in range(2):
+        moving.grad, still.grad = torch.zeros(10), torch.ones(3)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            optimizer.step()
+        messages += [str(w.message) for w in caught]
+    assert optimizer.last_step_kernels == {"fused_cuda": 2}
+    assert len(messages) == 1 and "shape (10,)" in messages[0]
+
+
+def test_gradients_at_new_addresses_are_followed(cuda_kernel_on_cpu, monkeypatch):
+    """The device table of gradient addresses is uploaded again when gradients move."""
+    def run():
+        g = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(100, generator=g)) for _ in range(3)]
+        optimizer = adamkit.Adam(params, lr=0.01)
+        kept = [torch.empty(100) for _ in params]  # fresh tensors every step, never reused
+        for step in range(4):
+            for p in params:
+                grad = torch.randn(100, generator=g)
+                kept.append(grad)
+                p.grad = grad
+            optimizer.step()
+        return params, optimizer
+
+    cuda = run()
+    monkeypatch.setattr(base, "_fused_kernels", lambda: [FusedCpuKernel()])
+    cpu = run()
+    assert_bitwise_equal(cpu[0], cuda[0], cpu[1], cuda[1])
+
+
+COMPILE_FOR_H100 = """
+import json, re, triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from adamkit.kernels.compile_cache import triton_loops_for
+from adamkit.rules import adam, adagrad, rmsprop, sgd, yogi
+instructions = {}
+for rule in (adam, yogi, sgd, rmsprop, adagrad):
+    loops = triton_loops_for(rule)
+    for storage, compute in (("fp32", "fp32"), ("bf16", "fp32"), ("fp16", "fp32"), ("fp64", "fp64")):
+        names = dict(fp32=tl.float32, bf16=tl.bfloat16, fp16=tl.float16, fp64=tl.float64)
+        signature = dict(tables="*i64", elements="*i64", block_tensor="*i32", block_start="*i64",
+                         coefficients="*" + compute, decay_coefficients="*" + compute, flags="*i32", count="i32")
+        constants = dict(STORAGE=names[storage], COMPUTE=names[compute], SLOT0=True, SLOT1=True, SLOT2=True,
+                         WATCH=True, BLOCK=2048)
+        signature.update(dict.fromkeys(constants, "constexpr"))
+        source = triton.compiler.ASTSource(loops.fused_pass, signature=signature, constexprs=constants)
+        ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(enable_fp_fusion=False)).asm["ptx"]
+        found = re.findall(r"\\b((?:add|sub|mul|div|sqrt|fma|rcp|rsqrt|ex2|lg2)(?:\\.[a-z0-9]+)+)", ptx)
+        instructions[rule.name + "-" + storage] = sorted({i for i in found if re.search(r"\\.f(32|64)$", i)})
+print(json.dumps(instructions))
+"""
+
+
+def test_pass_compiles_for_an_h100_with_correctly_rounded_operations_only():
+    """The real compiler (not the interpreter) takes every rule as written, and what it
+    emits for floating point is IEEE: round-to-nearest adds, multiplies, divisions, square
+    roots and fused multiply-adds, no approximations, no flushing of subnormals. (PTX
+    only; ptxas may not contract instructions that carry a rounding mode.)"""
+    environment = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    environment["PYTHONPATH"] = os.pathsep.join([str(SOURCE), environment.get("PYTHONPATH", "")])
+    completed = subprocess.run([sys.executable, "-c", textwrap.dedent(COMPILE_FOR_H100)], capture_output=True,
+                               text=True, env=environment, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    import json
+
+    instructions = json.loads(completed.stdout.splitlines()[-1])
+    assert len(instructions) == 5 * 4
+    for name, found in instructions.items():
+        width = "f64" if name.endswith("fp64") else "f32"
+        assert found and all(re.fullmatch(rf"(add|sub|mul|div|sqrt|fma)\.rn\.{width}", i) for i in found), (name, found)
+        if not name.startswith("sgd"):
+            assert {f"div.rn.{width}", f"sqrt.rn.{width}", f"fma.rn.{width}"} <= set(found), (name, found)
+
+
+@pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
+def test_cuda_kernel_equals_cpu_kernel_on_the_gpu(case, dtype):
+    """The same correctly rounded operations in the same order: the GPU's bits are the CPU's."""
+    cls, flags = case
+    torch.set_default_dtype(dtype)
+    cpu_params = _small_params(dtype)
+    gpu_params = [torch.nn.Parameter(p.detach().cuda()) for p in cpu_params]
+    optimizers = cls(cpu_params, lr=0.01, **flags), cls(gpu_params, lr=0.01, **flags)
+    g = torch.Generator().manual_seed(5)
+    for _ in range(5):
+        for p, q in zip(cpu_params, gpu_params):
+            p.grad = torch.randn(p.shape, generator=g, dtype=dtype)
+            q.grad = p.grad.cuda()
+        for optimizer in optimizers:
+            optimizer.step()
+    assert optimizers[1].last_step_kernels == {"fused_cuda": len(gpu_params)}
+    for p, q in zip(cpu_params, gpu_params):
+        assert torch.equal(p, q.cpu())
+        for name, value in optimizers[0].state[p].items():
+            assert torch.equal(value, optimizers[1].state[q][name].cpu()), name
