@@ -909,3 +909,53 @@ def test_step_counter_dtype_follows_torch(default_dtype, param_dtype, fused):
     assert dtypes[1] == dtypes[0]
     expected = torch.float32 if fused else default_dtype
     assert dtypes[1][0] == expected
+
+
+# --------------------------------------------------------------------------------------
+# 9. GradScaler
+# --------------------------------------------------------------------------------------
+
+
+def _train_scaled(optimizer_cls, steps=16, **kwargs):
+    """A model trained under torch.amp.GradScaler; the scale starts so high that the
+    first steps overflow and are skipped."""
+    model = make_mlp()
+    optimizer = optimizer_cls(model.parameters(), lr=0.01, **kwargs)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**127, growth_interval=2)
+    scales = []
+    for step in range(steps):
+        x, y = batch(step)
+        optimizer.zero_grad()
+        scaler.scale(1024 * nn.functional.mse_loss(model(x), y)).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scales.append(scaler.get_scale())
+    return model, optimizer, scales
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_grad_scaler_unscales_and_skips_like_torch_fused(kernel):
+    """adamkit takes the loss scale and the overflow flag from GradScaler as torch's fused
+    Adam does: overflowing steps change nothing, the others see unscaled gradients."""
+    theirs, torch_opt, torch_scales = _train_scaled(torch.optim.Adam, fused=True)
+    ours, opt, scales = _train_scaled(adamkit.Adam, **KERNELS[kernel])
+    assert scales == torch_scales and scales[0] < 2.0**127  # some steps overflowed
+    steps = [opt.state[p]["step"].item() for p in ours.parameters()]
+    assert steps == [torch_opt.state[p]["step"].item() for p in theirs.parameters()] and 0 < steps[0] < 16
+    same_params(ours.parameters(), theirs.parameters(), "default")
+    # Unscaled in place, as torch's fused step leaves them (or left alone, when the last
+    # step overflowed: then NaN and Inf where torch has them).
+    for p, q in zip(ours.parameters(), theirs.parameters()):
+        assert torch.equal(p.grad.isfinite(), q.grad.isfinite())
+        assert_matches(q.grad.nan_to_num(), p.grad.nan_to_num(), "default")
+
+
+def test_grad_scaler_gives_the_bits_of_unscaling_first():
+    """Scales are powers of two: dividing inside the step equals GradScaler's own unscale_."""
+    ours, opt, _ = _train_scaled(adamkit.Adam)
+
+    class Plain(adamkit.Adam):
+        _step_supports_amp_scaling = False
+
+    plain, plain_opt, _ = _train_scaled(Plain)
+    same_params(ours.parameters(), plain.parameters())

@@ -183,3 +183,34 @@ def test_cuda_kernel_equals_cpu_kernel_on_the_gpu(case, dtype):
         assert torch.equal(p, q.cpu())
         for name, value in optimizers[0].state[p].items():
             assert torch.equal(value, optimizers[1].state[q][name].cpu()), name
+
+
+@pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
+def test_capturable_step_replays_in_a_cuda_graph():
+    """capturable=True: the step can be captured once and replayed, giving what stepping
+    eagerly gives."""
+    def make():
+        g = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(1000, generator=g).cuda()) for _ in range(3)]
+        for p in params:
+            p.grad = torch.randn(1000, generator=g).cuda()
+        return params, adamkit.Adam(params, lr=torch.tensor(0.01, device="cuda"), capturable=True)
+
+    eager_params, eager = make()
+    graph_params, captured = make()
+    captured.step()  # state exists before capture, as torch requires
+    eager.step()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            captured.step()
+    torch.cuda.current_stream().wait_stream(stream)
+    for _ in range(3):
+        graph.replay()
+        eager.step()
+    torch.cuda.synchronize()
+    for p, q in zip(eager_params, graph_params):
+        assert torch.equal(p, q)
+    assert captured.state[graph_params[0]]["step"].item() == 4  # one eager step, three replays

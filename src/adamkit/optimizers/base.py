@@ -106,6 +106,7 @@ class RuleOptimizer(Optimizer):
 
     update_rule: ClassVar[Rule]
     flag_defaults: ClassVar[dict[str, Any]]
+    _step_supports_amp_scaling: ClassVar[bool] = True  # see step()
     counts_steps: ClassVar[bool] = True
     complex_as_real: ClassVar[bool] = True
     sparse_grad_error: ClassVar[str | None]
@@ -376,6 +377,19 @@ class RuleOptimizer(Optimizer):
             return {}
         return dict(zip(with_values, map(tuple, torch.stack(extremes).tolist())))
 
+    def _unscale_grads(self, grad_scale: Tensor) -> None:
+        """Divide every gradient by the loss scale, in place, as torch's fused optimizers do
+        (GradScaler's scales are powers of two: exact)."""
+        by_device: dict[tuple, list[Tensor]] = {}
+        for p in self._unfrozen_with_grad():
+            grad = p.grad
+            if grad.is_sparse:
+                grad.div_(grad_scale.to(grad.device))
+            else:
+                by_device.setdefault((grad.device, grad.dtype), []).append(grad)
+        for (device, _), grads in by_device.items():
+            torch._foreach_div_(grads, grad_scale.to(device))
+
     def _grads_finite(self) -> bool:
         """Whether every unfrozen gradient is finite; the fused kernel's check where it applies."""
         params = self._unfrozen_with_grad()
@@ -457,6 +471,16 @@ class RuleOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
+        # torch.amp.GradScaler hands optimizers that support it the loss scale and whether
+        # a gradient overflowed, instead of unscaling and checking them itself.
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and bool(found_inf):  # one host sync on a GPU, as GradScaler's own path
+            self.last_step_kernels = {}
+            return loss
+        grad_scale = getattr(self, "grad_scale", None)
+        if grad_scale is not None:
+            self._unscale_grads(grad_scale)
+
         if self.skip_nonfinite and not self._grads_finite():
             self.skipped_steps += 1
             warnings.warn(
@@ -485,7 +509,9 @@ class RuleOptimizer(Optimizer):
                     params = self._params_with_grad(group)
                 if not params:
                     continue
-                extremes = self._grad_extremes(params) if self.warn_zero_grad_update else {}
+                # A capturable step must not wait for the device (CUDA graphs): no zero-grad check.
+                watch = self.warn_zero_grad_update and not group.get("capturable")
+                extremes = self._grad_extremes(params) if watch else {}
                 zero_grad_params = [
                     p for p in params if p not in self._warned_zero_grad and extremes.get(p) == (0.0, 0.0)
                 ]
