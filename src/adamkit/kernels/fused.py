@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from adamkit.rules import Rule
-from adamkit.state import allocate_flat_state, is_dense, local_tensor
+from adamkit.state import TrackedState, allocate_flat_state, is_dense, local_tensor
 
 SLOT_COUNT = 3
 STEP_DTYPES = (torch.float32, torch.float64)
@@ -87,6 +87,19 @@ def addresses_of(tensors: Sequence[Tensor]) -> np.ndarray:
     return np.fromiter(map(Tensor.data_ptr, tensors), np.int64, len(tensors))
 
 
+def _use_counts(storages: list) -> list[int]:
+    """How many tensors (and storage objects) use each storage."""
+    return [torch._C._storage_Use_Count(storage._cdata) for storage in storages]
+
+
+def _grads_on(device: torch.device) -> Callable[[list[Tensor]], bool]:
+    """A check that every tensor of a list is on ``device``; on the CPU one attribute read each."""
+    if device.type == "cpu":
+        is_cpu = operator.attrgetter("is_cpu")
+        return lambda tensors: all(map(is_cpu, tensors))
+    return lambda tensors: all(map(operator.eq, map(_device_of, tensors), repeat(device)))
+
+
 def _storage_owner(t: Tensor) -> Tensor:
     """The tensor whose version counter ``t`` shares: its base if it is a view."""
     return t if t._base is None else t._base
@@ -126,33 +139,57 @@ class FusedPlan:
     entry_locals: list[Tensor]
     entry_params: list[Tensor | None]  # the local parameter each entry is laid out like; None for steps
     entry_addresses: np.ndarray
+    untracked: list[int]  # entries whose dict is not a TrackedState: checked one by one
     owners: list[Tensor]  # one tensor per version counter the state tensors use
     versions: list[int]
+    storages: list  # the storages the state tensors use, kept alive here
+    use_counts: list[int]
+    writes: int  # TrackedState.writes when the plan was last checked in full
+    grads_on_device: Callable[[list[Tensor]], bool]
     distributed: bool
     launch_data: dict[str, Any] = field(default_factory=dict)  # what a kernel keeps for this plan (device tables)
 
     def state_unchanged(self, states: Mapping[Tensor, dict]) -> bool:
         """The optimizer's state holds the same tensors, at the same addresses, with the
-        same shape and layout as when the plan was made."""
+        same shape and layout as when the plan was made.
+
+        Per step this reads a few numbers, not every state tensor: whether any state dict
+        was written (``TrackedState.writes``), each storage's use count (``.data = ...``
+        or ``set_`` on a state tensor lets go of its storage; a live extra view holds it
+        once more) and version counter (in-place operations, ``resize_``,
+        ``as_strided_``). If any moved, every entry is checked one by one.
+        """
         if not (
             states is self.state_mapping
             and len(states) == len(self.state_values)
             and all(map(operator.is_, states.values(), self.state_values))
-            and all(map(operator.is_, map(dict.get, self.entry_states, self.entry_names), self.entry_values))
         ):
+            return False
+        untracked = self.untracked
+        if (
+            TrackedState.writes == self.writes
+            and _use_counts(self.storages) == self.use_counts
+            and list(map(_version_of, self.owners)) == self.versions
+            and all(self.entry_states[i].get(self.entry_names[i]) is self.entry_values[i] for i in untracked)
+            and all(local_tensor(self.entry_values[i]).data_ptr() == self.entry_addresses[i] for i in untracked)
+        ):
+            return True
+        return self._check_every_entry()
+
+    def _check_every_entry(self) -> bool:
+        if not all(map(operator.is_, map(dict.get, self.entry_states, self.entry_names), self.entry_values)):
             return False
         entry_locals = list(map(local_tensor, self.entry_values)) if self.distributed else self.entry_values
         if not np.array_equal(addresses_of(entry_locals), self.entry_addresses):
             return False  # `.data = ...` or `set_` moved a state tensor
-        if list(map(_version_of, self.owners)) != self.versions:
-            # An in-place operation touched the state: harmless unless it changed a
-            # tensor's shape or layout (resize_, as_strided_, set_), so look closer.
-            if not all(
-                step_usable(t) if like is None else same_layout(t, like)
-                for t, like in zip(self.entry_locals, self.entry_params)
-            ):
-                return False
-            self.versions = list(map(_version_of, self.owners))
+        if not all(
+            step_usable(t) if like is None else same_layout(t, like)
+            for t, like in zip(entry_locals, self.entry_params)
+        ):
+            return False  # resize_, as_strided_ or set_ in place
+        self.writes = TrackedState.writes
+        self.use_counts = _use_counts(self.storages)
+        self.versions = list(map(_version_of, self.owners))
         return True
 
     def addresses(self, grads: list[Tensor], states: Mapping[Tensor, dict]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -175,7 +212,7 @@ class FusedPlan:
             return None
         if not (
             laid_out
-            and all(map(operator.eq, map(_device_of, grads), repeat(self.device)))
+            and self.grads_on_device(grads)
             and all(map(operator.is_, map(_dtype_of, grads), repeat(self.dtype)))
             and np.array_equal(np.fromiter(map(Tensor.numel, grads), np.int64, len(grads)), self.numels)
             and all(same_layout(grads[i], locals_[i]) for i in self.strided)
@@ -213,6 +250,7 @@ def build_plan(
     entry_values = [state[name] for state, name, _ in entries]
     entry_locals = [local_tensor(t) for t in entry_values]
     owners = list({id(owner): owner for owner in map(_storage_owner, entry_locals)}.values())
+    storages = list({s._cdata: s for s in (t.untyped_storage() for t in entry_locals)}.values())
     elements = np.array([element_count(t) for t in locals_], np.int64)
     items, starts, ends = work_items(elements, item_elements)
     contiguous = [t.is_contiguous() for t in locals_]
@@ -241,8 +279,13 @@ def build_plan(
         entry_locals=entry_locals,
         entry_params=[like for _, _, like in entries],
         entry_addresses=addresses_of(entry_locals),
+        untracked=[i for i, state in enumerate(entry_states) if type(state) is not TrackedState],
         owners=owners,
         versions=list(map(_version_of, owners)),
+        storages=storages,
+        use_counts=_use_counts(storages),
+        writes=TrackedState.writes,
+        grads_on_device=_grads_on(locals_[0].device),
         distributed=any(local is not p for local, p in zip(locals_, params)),
     )
 
@@ -357,6 +400,12 @@ class FusedKernel:
         With ``report_moved``, returns parameters whose gradient was all zeros and whose
         value still changed (weight decay, momentum), possibly found a step later."""
         raise NotImplementedError
+
+    @property
+    def on_device(self) -> Callable[[Tensor], bool]:
+        """Reads whether a tensor is on this kernel's device type (``Tensor.is_cpu``...): the
+        optimizer hands each kernel only its own tensors, at one attribute read each."""
+        return operator.attrgetter(f"is_{self.device_type}")
 
     @classmethod
     def supports(cls, t: Tensor) -> bool:

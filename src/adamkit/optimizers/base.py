@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import math
 import operator
+from itertools import repeat
 import warnings
 
 import torch
@@ -24,7 +25,7 @@ from adamkit.kernels.fused import FusedKernel
 from adamkit.kernels.fused_cpu import FusedCpuKernel
 from adamkit.kernels.fused_cuda import FusedCudaKernel
 from adamkit.rules import Rule
-from adamkit.state import allocate_flat_state, local_tensor
+from adamkit.state import TrackedState, allocate_flat_state, local_tensor
 
 
 _grad_of = operator.attrgetter("grad")
@@ -192,6 +193,15 @@ class RuleOptimizer(Optimizer):
                         dtype=scalar_dtype(group.get("fused")),
                         device=p.device if on_device else "cpu",
                     )
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's ``state_dict``, with each parameter's state a plain dict, so that
+        ``torch.load(weights_only=True)`` and torch.optim read it."""
+        state_dict = super().state_dict()
+        state_dict["state"] = {
+            key: dict(value) if isinstance(value, TrackedState) else value for key, value in state_dict["state"].items()
+        }
+        return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's ``load_state_dict``, refusing state tensors shaped unlike their
@@ -437,14 +447,20 @@ class RuleOptimizer(Optimizer):
         frozen = self.frozen
         params = group["params"]
         grads = list(map(_grad_of, params))
-        if frozen or any(g is None for g in grads):
+        if frozen or any(map(operator.is_, grads, repeat(None))):
             active = [(p, g) for p, g in zip(params, grads) if g is not None and p not in frozen]
             params, grads = [p for p, _ in active], [g for _, g in active]
-        moved = []
+        moved, rest = [], []
         for kernel in self.fused_kernels:
-            if not params:
-                break
-            rest, kernel_moved, stepped = kernel.step_group(
+            on_device = list(map(kernel.on_device, params))
+            if not any(on_device):
+                continue
+            if not all(on_device):
+                rest += [p for p, mine in zip(params, on_device) if not mine]
+                grad_of = dict(zip(map(id, params), grads))
+                params = [p for p, mine in zip(params, on_device) if mine]
+                grads = [grad_of[id(p)] for p in params]
+            left, kernel_moved, stepped = kernel.step_group(
                 type(self).update_rule,
                 id(group),
                 params,
@@ -459,10 +475,9 @@ class RuleOptimizer(Optimizer):
             moved += kernel_moved
             if stepped:
                 self.last_step_kernels[kernel.name] = self.last_step_kernels.get(kernel.name, 0) + stepped
-            if len(rest) != len(params):
-                grad_of = dict(zip(map(id, params), grads))
-                params, grads = rest, [grad_of[id(p)] for p in rest]
-        return params, moved
+            rest += left
+            params, grads = [], []
+        return rest + params, moved
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss."""

@@ -8,6 +8,52 @@ import torch
 from torch import Tensor
 
 
+class TrackedState(dict):
+    """A parameter's state as torch keeps it, a dict of tensors, that counts writes.
+
+    Every change to any ``TrackedState`` (setting, deleting, updating an entry) adds one
+    to ``TrackedState.writes``, so a kernel that relies on which tensors the state holds
+    can tell in one read that none has been replaced since it looked.
+    """
+
+    writes = 0
+
+    def _wrote(self) -> None:
+        TrackedState.writes += 1
+
+    def __setitem__(self, key, value):
+        self._wrote()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        self._wrote()
+        super().__delitem__(key)
+
+    def __ior__(self, other):
+        self._wrote()
+        return super().__ior__(other)
+
+    def update(self, *args, **kwargs):
+        self._wrote()
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key, default=None):
+        self._wrote()
+        return super().setdefault(key, default)
+
+    def pop(self, *args):
+        self._wrote()
+        return super().pop(*args)
+
+    def popitem(self):
+        self._wrote()
+        return super().popitem()
+
+    def clear(self):
+        self._wrote()
+        super().clear()
+
+
 def local_tensor(t: Tensor) -> Tensor:
     """The local shard of a DTensor (FSDP2), the tensor itself otherwise."""
     to_local = getattr(t, "to_local", None)
@@ -68,7 +114,7 @@ def allocate_flat_state(
     loaded checkpoint). With ``step_dtype``, each parameter also gets a 0-dim ``step``
     view into one buffer of step counts, as torch's 0-dim ``step`` tensors. State
     tensors have the parameter's shape and, for a dense parameter, its strides
-    (DTensors for DTensor parameters).
+    (DTensors for DTensor parameters); each parameter's dict is a ``TrackedState``.
 
     >>> a, b = torch.zeros(2, 3), torch.zeros(4)
     >>> states = allocate_flat_state([a, b], {"exp_avg": 0.0}, step_dtype=torch.float32)
@@ -78,7 +124,7 @@ def allocate_flat_state(
     locals_ = [local_tensor(p) for p in params]
     sizes = [t.numel() for t in locals_]
     device, dtype = locals_[0].device, locals_[0].dtype
-    states: list[dict[str, Tensor]] = [{} for _ in params]
+    states: list[dict[str, Tensor]] = [TrackedState() for _ in params]
     if step_dtype is not None:
         steps = torch.zeros(len(params), dtype=step_dtype)
         for index, state in enumerate(states):
