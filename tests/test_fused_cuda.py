@@ -214,3 +214,18 @@ def test_capturable_step_replays_in_a_cuda_graph():
     for p, q in zip(eager_params, graph_params):
         assert torch.equal(p, q)
     assert captured.state[graph_params[0]]["step"].item() == 4  # one eager step, three replays
+
+
+def test_a_group_with_tensors_of_two_devices_uses_both_kernels(monkeypatch):
+    """Each fused kernel gets its device's tensors of a group; neither leaves the other's
+    to the eager kernel. (Here the CUDA kernel is given a pretend device type, "meta".)"""
+    monkeypatch.setattr(FusedCudaKernel, "device_type", "meta")
+    params = [torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(3, device="meta"))]
+    optimizer = adamkit.Adam(params, lr=0.1)
+    seen = []
+    monkeypatch.setattr(FusedCudaKernel, "step_group", lambda self, rule, key, ps, gs, *a, **k: (seen.extend(ps), ([], [], len(ps)))[1])
+    for p in params:
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    assert seen == [params[1]]
+    assert optimizer.last_step_kernels == {"fused_cuda": 1, "fused_cpu": 1}

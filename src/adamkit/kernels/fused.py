@@ -10,10 +10,9 @@ same correctly rounded arithmetic. Sparse gradients and other devices are left t
 eager kernel.
 
 The pass works on raw addresses of the user's own tensors. A plan records them once;
-each step re-reads and checks, mostly in C loops over lists, what could have moved: the
-parameters' and state tensors' addresses, the state entries themselves, the version
-counters of the state's storage (``resize_``, ``set_`` and ``as_strided_`` change them)
-and each gradient's dtype, size, device and layout. Anything else rebuilds the plan, and
+each step re-reads and checks, mostly in C loops over lists, what could have moved: each
+parameter's address, each gradient's address, dtype, size, device and layout, and the
+state per buffer (``FusedPlan.state_unchanged``). Anything else rebuilds the plan, and
 the plan holds references to every tensor whose memory it uses.
 """
 
@@ -296,7 +295,7 @@ class GroupLayout(NamedTuple):
     with_grad: list[Tensor]
     plans: list[FusedPlan]
     staged: list[Tensor]  # stepped through contiguous copies
-    eager: list[Tensor]  # left to the eager kernel
+    rest: list[Tensor]  # not taken: for the next kernel
     staged_fresh: set[int]  # ids of staged parameters whose state was just created
 
 
@@ -349,7 +348,7 @@ class FusedKernel:
     ) -> tuple[list[Tensor], list[Tensor], int]:
         """Step what this kernel takes of ``params`` (with ``grads``).
 
-        Returns the parameters left for the eager kernel, the stepped parameters whose
+        Returns the parameters it left for the next kernel, the stepped parameters whose
         all-zero gradient did not keep them still, and how many parameters were stepped.
         """
         steps = self.checked(group_key, params, grads, states)
@@ -359,10 +358,10 @@ class FusedKernel:
             self._layouts[group_key] = layout
             steps = self._plan_addresses(layout, params, grads, states)
         hp = _plain_numbers(hp)
-        moved, stepped, eager = [], 0, list(layout.eager)
+        moved, stepped, rest = [], 0, list(layout.rest)
         for plan, addresses in steps:
-            if addresses is None:  # a plan made this moment must hold; if not, torch ops decide
-                eager += plan.params
+            if addresses is None:  # a plan made this moment must hold; if not, a later kernel steps it
+                rest += plan.params
                 continue
             moved += self.launch(
                 rule, plan, addresses, hp, decoupled_weight_decay=decoupled_weight_decay, report_moved=report_moved
@@ -375,7 +374,7 @@ class FusedKernel:
                 decoupled_weight_decay=decoupled_weight_decay, report_moved=report_moved,
             )
             stepped += len(layout.staged)
-        return eager, moved, stepped
+        return rest, moved, stepped
 
     def checked(self, group_key: int, params: list[Tensor], grads: list[Tensor], states: Mapping) -> list[tuple] | None:
         """The per-step checks: the group's plans with this step's addresses, or None if
@@ -425,17 +424,17 @@ class FusedKernel:
 
     def _kind(self, param: Tensor, grad: Tensor) -> str:
         if not self.takes(param, grad):
-            return "eager"
+            return "rest"
         local = local_tensor(param)
         return "direct" if is_dense(local) and same_layout(local_tensor(grad), local) else "staged"
 
     def _same_kinds(self, layout: GroupLayout, params: list[Tensor], grads: list[Tensor]) -> bool:
-        """The parameters stepped through copies or by the eager kernel last time still are."""
-        if not (layout.staged or layout.eager):
+        """The parameters stepped through copies or left to the next kernel last time still are."""
+        if not (layout.staged or layout.rest):
             return True
         grad_of = dict(zip(map(id, params), grads))
         return all(self._kind(p, grad_of[id(p)]) == "staged" for p in layout.staged) and all(
-            self._kind(p, grad_of[id(p)]) == "eager" for p in layout.eager
+            self._kind(p, grad_of[id(p)]) == "rest" for p in layout.rest
         )
 
     @staticmethod
@@ -446,20 +445,20 @@ class FusedKernel:
         return [(plan, plan.addresses([grad_of[id(p)] for p in plan.params], states)) for plan in layout.plans]
 
     def _lay_out(self, rule, params, grads, states, fills, step_dtype) -> GroupLayout:
-        """Sort ``params`` into plans (by dtype and step dtype), copies and the eager
-        kernel's share, creating the state of parameters seen for the first time."""
+        """Sort ``params`` into plans (by dtype, device and step dtype), copies and the
+        rest, creating the state of parameters seen for the first time."""
         kinds = [self._kind(p, g) for p, g in zip(params, grads)]
-        taken = [p for p, kind in zip(params, kinds) if kind != "eager"]
+        taken = [p for p, kind in zip(params, kinds) if kind != "rest"]
         fresh = self._create_state(taken, states, fills, step_dtype)
         slot_names = tuple(fills)
         by_key: dict[tuple, list[Tensor]] = {}
-        staged, eager = [], [p for p, kind in zip(params, kinds) if kind == "eager"]
+        staged, rest = [], [p for p, kind in zip(params, kinds) if kind == "rest"]
         for p, kind in zip(params, kinds):
-            if kind == "eager":
+            if kind == "rest":
                 continue
             state, local = states.get(p, {}), local_tensor(p)
             if not self._state_usable(state, local, slot_names, step_dtype is not None):
-                eager.append(p)
+                rest.append(p)
             elif kind == "staged" or not all(same_layout(local_tensor(state[n]), local) for n in slot_names):
                 staged.append(p)
             else:
@@ -471,7 +470,7 @@ class FusedKernel:
         ]
         for plan in plans:  # each plan saw the state before the next one added to it
             plan.state_values = list(states.values())
-        return GroupLayout(list(params), plans, staged, eager, {id(p) for p in staged if id(p) in fresh})
+        return GroupLayout(list(params), plans, staged, rest, {id(p) for p in staged if id(p) in fresh})
 
     def _state_usable(self, state: Mapping[str, Tensor], local: Tensor, slot_names: Sequence[str], counts_steps: bool) -> bool:
         """Every state entry the rule needs is there, of the parameter's dtype, device and

@@ -64,7 +64,7 @@ def _upload(values: np.ndarray, device: torch.device, dtype: torch.dtype) -> Ten
 class _Tables:
     """A plan's tables on its device."""
 
-    def __init__(self, plan: FusedPlan, addresses: tuple[np.ndarray, np.ndarray], item_elements: int) -> None:
+    def __init__(self, plan: FusedPlan, addresses: tuple[np.ndarray, np.ndarray]) -> None:
         device = plan.device
         rows = np.zeros((ROWS, len(plan.params)), np.int64)
         rows[0], rows[1] = addresses
@@ -109,7 +109,7 @@ class FusedCudaKernel(FusedKernel):
 
         tables = plan.launch_data.get("tables")
         if tables is None:
-            tables = plan.launch_data["tables"] = _Tables(plan, addresses, self.item_elements)
+            tables = plan.launch_data["tables"] = _Tables(plan, addresses)
         tables.follow_grads(addresses[1])
         moved = self._moved_last_time(plan, tables)
         dtype = storage_dtype(plan.dtype)

@@ -455,11 +455,12 @@ class RuleOptimizer(Optimizer):
             on_device = list(map(kernel.on_device, params))
             if not any(on_device):
                 continue
-            if not all(on_device):
-                rest += [p for p, mine in zip(params, on_device) if not mine]
-                grad_of = dict(zip(map(id, params), grads))
-                params = [p for p, mine in zip(params, on_device) if mine]
-                grads = [grad_of[id(p)] for p in params]
+            mine = [(p, g) for p, g, here in zip(params, grads, on_device) if here] if not all(on_device) else None
+            if mine is not None:
+                others = [(p, g) for p, g, here in zip(params, grads, on_device) if not here]
+                params, grads, later = [p for p, _ in mine], [g for _, g in mine], others
+            else:
+                later = []
             left, kernel_moved, stepped = kernel.step_group(
                 type(self).update_rule,
                 id(group),
@@ -476,7 +477,7 @@ class RuleOptimizer(Optimizer):
             if stepped:
                 self.last_step_kernels[kernel.name] = self.last_step_kernels.get(kernel.name, 0) + stepped
             rest += left
-            params, grads = [], []
+            params, grads = [p for p, _ in later], [g for _, g in later]
         return rest + params, moved
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
