@@ -128,3 +128,13 @@ def assert_losses_match(expected: list[float], actual: list[float], kernel: str)
     else:
         tolerance = ULP_BOUND * torch.finfo(torch.float32).eps
         assert actual == pytest.approx(expected, rel=tolerance, abs=tolerance)
+
+
+def step_together(first, second, steps):
+    """Step two (params, optimizer) pairs on the same gradients, ``grads_for(first params, step)``."""
+    (params_a, opt_a), (params_b, opt_b) = first, second
+    for step in steps:
+        for p, q, grad in zip(params_a, params_b, grads_for(params_a, step)):
+            p.grad, q.grad = grad.clone(), grad.clone()
+        opt_a.step()
+        opt_b.step()

@@ -11,7 +11,7 @@ import adamkit
 from adamkit.kernels import fused_cpu
 from adamkit.kernels.fused import FusedKernel
 from adamkit.kernels.compile_cache import loops_for
-from parity import EAGER, assert_bitwise_equal, assert_matches_torch, grads_for, make_params, run_side_by_side
+from parity import EAGER, assert_bitwise_equal, assert_matches_torch, grads_for, make_params, run_side_by_side, step_together
 from test_family_parity import ADAGRAD_FLAGS, RMSPROP_FLAGS, SGD_FLAGS
 
 ADAM_FLAGS = [
@@ -234,11 +234,7 @@ def test_loaded_checkpoint_moves_into_flat_buffers_and_keeps_training():
     with torch.no_grad():
         for p, q in zip(params, twins):
             p.copy_(q)
-    for step in range(3, 6):
-        for p, q, grad in zip(params, twins, grads_for(params, step)):
-            p.grad, q.grad = grad.clone(), grad.clone()
-        opt.step()
-        source.step()
+    step_together((params, opt), (twins, source), range(3, 6))
     assert opt.last_step_kernels == {"fused_cpu": len(params)}
     for p, q in zip(params, twins):
         assert opt.state[p]["step"].item() == 6.0

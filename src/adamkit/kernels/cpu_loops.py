@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit, prange
 
 from adamkit.kernels import scalar_ops
-from adamkit.kernels.scalar_ops import load, pointer, store
+from adamkit.kernels.scalar_ops import load, noise_key, pointer, store, store_state
 from adamkit.rules import bind, maximize_and_weight_decay
 
 # BINDING
@@ -27,21 +27,31 @@ _decay = njit(error_model="numpy")(bind(maximize_and_weight_decay, scalar_ops))
 
 
 @njit(parallel=True, **_JIT)
-def fused_pass(c, decay, like, params, grads, slot0, slot1, slot2, items, starts, ends, changed):
+def fused_pass(
+    c, decay, like, params, grads, slot0, slot1, slot2, like0, like1, like2, noise, tensor_ids, items, starts, ends,
+    changed,
+):
     """Run the rule's update over every element of the work items.
 
     A slot the parameters lack is None: numba then compiles that slot's code away (a
     store that might alias the gradient would keep the loop from vectorizing), and the
-    rule reads the gradient in its place and never uses it. Unless ``changed`` is None
-    (also compiled away), it records per work item whether any parameter element changed.
+    rule reads the gradient in its place and never uses it. ``like0``...``like2`` give
+    each slot's storage type. Unless ``noise`` is None, bf16 state is rounded
+    stochastically, keyed by ``noise`` (seed, step) and the tensor's id. Unless
+    ``changed`` is None (also compiled away), it records per work item whether any
+    parameter element changed.
     """
     for w in prange(items.shape[0]):
         t = items[w]
         p = pointer(params[t], like)
         g = pointer(grads[t], like)
-        s0 = g if slot0 is None else pointer(slot0[t], like)
-        s1 = g if slot1 is None else pointer(slot1[t], like)
-        s2 = g if slot2 is None else pointer(slot2[t], like)
+        # an absent slot's like is the parameters' own: its pointer reads the gradient
+        s0 = pointer(grads[t] if slot0 is None else slot0[t], like0)
+        s1 = pointer(grads[t] if slot1 is None else slot1[t], like1)
+        s2 = pointer(grads[t] if slot2 is None else slot2[t], like2)
+        k0 = None if noise is None else noise_key(noise[0], noise[1], tensor_ids[t], 0)
+        k1 = None if noise is None else noise_key(noise[0], noise[1], tensor_ids[t], 1)
+        k2 = None if noise is None else noise_key(noise[0], noise[1], tensor_ids[t], 2)
         moved = False
         for i in range(starts[w], ends[w]):
             old = load(p, i)
@@ -49,11 +59,11 @@ def fused_pass(c, decay, like, params, grads, slot0, slot1, slot2, items, starts
             new, y0, y1, y2 = _update(new, decayed_grad, load(s0, i), load(s1, i), load(s2, i), c)
             store(p, i, new)
             if slot0 is not None:
-                store(s0, i, y0)
+                store_state(s0, i, y0, k0)
             if slot1 is not None:
-                store(s1, i, y1)
+                store_state(s1, i, y1, k1)
             if slot2 is not None:
-                store(s2, i, y2)
+                store_state(s2, i, y2, k2)
             if changed is not None:
                 moved |= load(p, i) != old  # as stored: bf16/fp16 rounding may keep it
         if changed is not None:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from adamkit.rules import EXACT, TORCH, Rule, bind, decay_coefficients, maximize_and_weight_decay, ops
+from adamkit.state.formats import StateSpec, noise_key, stochastic_bfloat16
 
 CHUNK_ELEMENTS = 1 << 16  # 256 KiB of fp32: larger chunks were no faster and glibc kept more of them
 
@@ -62,6 +63,7 @@ def eager_step(
     step_as_tensor: bool,
     complex_as_real: bool = True,
     exact: bool = False,
+    spec: StateSpec | None = None,
 ) -> None:
     """Advance every parameter in ``params`` (all with a gradient) by one step of ``rule``.
 
@@ -75,6 +77,10 @@ def eager_step(
     sees them as they are (torch's SGD does complex arithmetic directly).
 
     ``exact`` takes square roots and coefficients correctly rounded (see above).
+
+    With a low-precision state format (``spec.state_dtype``), each piece is computed in
+    fp32 (fp64 for fp64 parameters), as the fused kernels compute it, and state is
+    stored through the format's rounding.
     """
     real = _real if complex_as_real else _identity
     scalars = EXACT if exact else TORCH
@@ -86,7 +92,8 @@ def eager_step(
     # Differentiable mode: autograd keeps the rule's inputs for backward, so the rule
     # must get copies of what the write-back below overwrites.
     tracked = torch.is_grad_enabled()
-    for param in params:
+    formatted = spec is not None and spec.state_dtype is not None
+    for position, param in enumerate(params):
         state = states.get(param, {})
         step_count = state.get("step")
         step = None
@@ -105,6 +112,7 @@ def eager_step(
             continue
 
         present = [name for name in rule.slots if name in state]
+        state_made_here = set(rule.slots) - set(present)  # SGD's first momentum buffer
         tensors = [param, grad, *(state[name] for name in present)]
         # A step that creates state (SGD's first momentum step) runs whole: the new
         # entry must be a full tensor, not chunks.
@@ -121,21 +129,35 @@ def eager_step(
         else:
             pieces = [tensors]
 
+        offset = 0
         for param_piece, grad_piece, *state_pieces in pieces:
-            new_param, grad_piece = maximize_and_weight_decay(
-                param_piece.clone() if tracked else param_piece, grad_piece, decay
-            )
+            new_param = param_piece.clone() if tracked else param_piece
             views = dict(zip(present, map(real, state_pieces)))
             inputs = {name: v.clone() for name, v in views.items()} if tracked else views
+            if formatted:
+                compute = torch.float64 if param.dtype in (torch.float64, torch.complex128) else torch.float32
+                widen = (lambda t: t.to(compute)) if not param.is_complex() else (lambda t: t)
+                new_param, grad_piece = widen(new_param), widen(grad_piece)
+                inputs = {name: widen(v) for name, v in inputs.items()}
+            new_param, grad_piece = maximize_and_weight_decay(new_param, grad_piece, decay)
             slot_values = [inputs.get(name) for name in rule.slots]
             slot_values += [None] * (3 - len(slot_values))
             new_param, *new_values = update(real(new_param), real(grad_piece), *slot_values, coefficients)
 
             real(param_piece).copy_(new_param)
-            for name, value in zip(rule.slots, new_values):
+            for slot, (name, value) in enumerate(zip(rule.slots, new_values)):
+                if value is None or (name not in views and name not in state_made_here):
+                    continue
+                if formatted and spec.stochastic and spec.storage_dtype(param) is torch.bfloat16:
+                    round_ = int(step if step is not None else spec.rounds)
+                    key = noise_key(spec.seed, round_, spec.tensor_ids.get(id(param), position), slot)
+                    value = stochastic_bfloat16(value, key, offset)
                 if name in views:
                     views[name].copy_(value)
-                elif value is not None:
+                else:
+                    if formatted:
+                        value = value.to(spec.storage_dtype(param))
                     state[name] = torch.view_as_complex(value) if complex_as_real and torch.is_complex(param) else value
+            offset += param_piece.numel()
         if state and param not in states:
             states[param] = state

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from adamkit.rules import Rule
 from adamkit.state import TrackedState, allocate_flat_state, is_dense, local_tensor
+from adamkit.state.formats import StateSpec
 
 SLOT_COUNT = 3
 STEP_DTYPES = (torch.float32, torch.float64)
@@ -45,17 +46,21 @@ def storage_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype.to_real() if dtype.is_complex else dtype
 
 
-def same_layout(t: Tensor, like: Tensor) -> bool:
-    """``t`` can be read element for element alongside ``like`` (both local tensors):
-    same dtype, device and shape, equal strides wherever a dimension has more than one
-    element."""
+def same_strides(t: Tensor, like: Tensor) -> bool:
+    """Element i of ``t`` lies where element i of ``like`` does, counted in elements
+    (both local tensors): same device and shape, equal strides wherever a dimension has
+    more than one element."""
     return (
         t.layout is torch.strided
-        and t.dtype is like.dtype
         and t.device == like.device
         and t.shape == like.shape
         and all(a == b for a, b, size in zip(t.stride(), like.stride(), like.shape) if size != 1)
     )
+
+
+def same_layout(t: Tensor, like: Tensor) -> bool:
+    """``t`` can be read element for element alongside ``like``: ``same_strides`` and dtype."""
+    return t.dtype is like.dtype and same_strides(t, like)
 
 
 def element_count(t: Tensor) -> int:
@@ -123,6 +128,8 @@ class FusedPlan:
     contiguous: list[bool]
     strided: list[int]  # positions of non-contiguous parameters, whose grads need a stride check
     slots: list[np.ndarray | None]
+    slot_dtypes: list[torch.dtype | None]  # each slot's storage dtype (None: the rule keeps no such state)
+    tensor_ids: np.ndarray  # each parameter's place among the group's stepped ones: keys its rounding noise
     step_addresses: np.ndarray | None
     step_dtype: torch.dtype | None
     items: np.ndarray
@@ -182,7 +189,7 @@ class FusedPlan:
         if not np.array_equal(addresses_of(entry_locals), self.entry_addresses):
             return False  # `.data = ...` or `set_` moved a state tensor
         if not all(
-            step_usable(t) if like is None else same_layout(t, like)
+            step_usable(t) if like is None else same_strides(t, like)
             for t, like in zip(entry_locals, self.entry_params)
         ):
             return False  # resize_, as_strided_ or set_ in place
@@ -228,13 +235,17 @@ def build_plan(
     fresh: Sequence[bool],
     step_dtype: torch.dtype | None,
     item_elements: int,
+    tensor_ids: Sequence[int],
 ) -> FusedPlan:
-    """Lay out ``params`` (one dtype and device; dense, with usable state laid out like
-    them) for a fused pass over work items of ``item_elements``."""
+    """Lay out ``params`` (one dtype and device; dense, with usable state of one storage
+    dtype per slot, laid out like them) for a fused pass over work items of ``item_elements``."""
     locals_ = [local_tensor(p) for p in params]
     param_states = [states.get(p, {}) for p in params]
     slots = np.zeros((SLOT_COUNT, len(params)), np.int64)
     positions = [rule.slots.index(name) for name in slot_names]
+    slot_dtypes = [None] * SLOT_COUNT
+    for name, row in zip(slot_names, positions):
+        slot_dtypes[row] = local_tensor(param_states[0][name]).dtype if params else None
     entries = []
     for column, (state, local) in enumerate(zip(param_states, locals_)):
         for name, row in zip(slot_names, positions):
@@ -263,6 +274,8 @@ def build_plan(
         contiguous=contiguous,
         strided=[i for i, c in enumerate(contiguous) if not c],
         slots=[slots[row] if row in positions else None for row in range(SLOT_COUNT)],
+        slot_dtypes=slot_dtypes,
+        tensor_ids=np.array(tensor_ids, np.int64),
         step_addresses=step_addresses,
         step_dtype=step_dtype,
         items=items,
@@ -297,6 +310,7 @@ class GroupLayout(NamedTuple):
     staged: list[Tensor]  # stepped through contiguous copies
     rest: list[Tensor]  # not taken: for the next kernel
     staged_fresh: set[int]  # ids of staged parameters whose state was just created
+    tensor_ids: dict[int, int]  # id(param) -> its place among the group's stepped parameters
 
 
 def _plain_numbers(hp: Mapping) -> dict:
@@ -339,14 +353,14 @@ class FusedKernel:
         params: list[Tensor],
         grads: list[Tensor],
         states: dict[Tensor, dict[str, Tensor]],
-        fills: Mapping[str, float | None],
-        step_dtype: torch.dtype | None,
+        spec: StateSpec,
         hp: Mapping,
         *,
         decoupled_weight_decay: bool,
         report_moved: bool,
     ) -> tuple[list[Tensor], list[Tensor], int]:
-        """Step what this kernel takes of ``params`` (with ``grads``).
+        """Step what this kernel takes of ``params`` (with ``grads``; ``spec`` says what
+        their state is).
 
         Returns the parameters it left for the next kernel, the stepped parameters whose
         all-zero gradient did not keep them still, and how many parameters were stepped.
@@ -354,7 +368,7 @@ class FusedKernel:
         steps = self.checked(group_key, params, grads, states)
         layout = self._layouts.get(group_key)
         if steps is None:
-            layout = self._lay_out(rule, params, grads, states, fills, step_dtype)
+            layout = self._lay_out(rule, params, grads, states, spec)
             self._layouts[group_key] = layout
             steps = self._plan_addresses(layout, params, grads, states)
         hp = _plain_numbers(hp)
@@ -364,13 +378,13 @@ class FusedKernel:
                 rest += plan.params
                 continue
             moved += self.launch(
-                rule, plan, addresses, hp, decoupled_weight_decay=decoupled_weight_decay, report_moved=report_moved
+                rule, plan, addresses, hp, spec, decoupled_weight_decay=decoupled_weight_decay, report_moved=report_moved
             )
             stepped += len(plan.params)
         if layout.staged:
             grad_of = dict(zip(map(id, params), grads))
             moved += self._staged_step(
-                rule, layout, [grad_of[id(p)] for p in layout.staged], states, fills, hp,
+                rule, layout, [grad_of[id(p)] for p in layout.staged], states, spec, hp,
                 decoupled_weight_decay=decoupled_weight_decay, report_moved=report_moved,
             )
             stepped += len(layout.staged)
@@ -391,11 +405,12 @@ class FusedKernel:
         return None if any(addresses is None for _, addresses in steps) else steps
 
     def launch(
-        self, rule: Rule, plan: FusedPlan, addresses: tuple[np.ndarray, np.ndarray], hp: Mapping, *,
-        decoupled_weight_decay: bool, report_moved: bool,
+        self, rule: Rule, plan: FusedPlan, addresses: tuple[np.ndarray, np.ndarray], hp: Mapping, spec: StateSpec,
+        *, decoupled_weight_decay: bool, report_moved: bool,
     ) -> list[Tensor]:
         """One step of ``rule`` over ``plan``'s parameters at ``addresses`` (parameter and
-        gradient addresses, from ``plan.addresses``), with correctly rounded coefficients.
+        gradient addresses, from ``plan.addresses``), with correctly rounded coefficients,
+        state written in its storage dtype (stochastically rounded if ``spec`` says so).
         With ``report_moved``, returns parameters whose gradient was all zeros and whose
         value still changed (weight decay, momentum), possibly found a step later."""
         raise NotImplementedError
@@ -444,13 +459,15 @@ class FusedKernel:
         grad_of = dict(zip(map(id, params), grads))
         return [(plan, plan.addresses([grad_of[id(p)] for p in plan.params], states)) for plan in layout.plans]
 
-    def _lay_out(self, rule, params, grads, states, fills, step_dtype) -> GroupLayout:
-        """Sort ``params`` into plans (by dtype, device and step dtype), copies and the
-        rest, creating the state of parameters seen for the first time."""
+    def _lay_out(self, rule, params, grads, states, spec: StateSpec) -> GroupLayout:
+        """Sort ``params`` into plans (by dtype, device, state storage and step dtype),
+        copies and the rest, creating the state of parameters seen for the first time."""
         kinds = [self._kind(p, g) for p, g in zip(params, grads)]
         taken = [p for p, kind in zip(params, kinds) if kind != "rest"]
-        fresh = self._create_state(taken, states, fills, step_dtype)
-        slot_names = tuple(fills)
+        fresh = self._create_state(taken, states, spec)
+        step_dtype = spec.step_dtype
+        slot_names = tuple(spec.fills)
+        tensor_ids = {id(p): spec.tensor_ids.get(id(p), position) for position, p in enumerate(params)}
         by_key: dict[tuple, list[Tensor]] = {}
         staged, rest = [], [p for p, kind in zip(params, kinds) if kind == "rest"]
         for p, kind in zip(params, kinds):
@@ -459,50 +476,53 @@ class FusedKernel:
             state, local = states.get(p, {}), local_tensor(p)
             if not self._state_usable(state, local, slot_names, step_dtype is not None):
                 rest.append(p)
-            elif kind == "staged" or not all(same_layout(local_tensor(state[n]), local) for n in slot_names):
+            elif kind == "staged" or not all(same_strides(local_tensor(state[n]), local) for n in slot_names):
                 staged.append(p)
             else:
-                key = (p.dtype, local.device, state["step"].dtype if step_dtype else None)
+                storage = tuple(local_tensor(state[n]).dtype for n in slot_names)
+                key = (p.dtype, local.device, storage, state["step"].dtype if step_dtype else None)
                 by_key.setdefault(key, []).append(p)
         plans = [
-            build_plan(rule, batch, states, slot_names, [id(p) in fresh for p in batch], key[2], self.item_elements)
+            build_plan(rule, batch, states, slot_names, [id(p) in fresh for p in batch], key[3], self.item_elements,
+                       [tensor_ids[id(p)] for p in batch])
             for key, batch in by_key.items()
         ]
         for plan in plans:  # each plan saw the state before the next one added to it
             plan.state_values = list(states.values())
-        return GroupLayout(list(params), plans, staged, rest, {id(p) for p in staged if id(p) in fresh})
+        return GroupLayout(list(params), plans, staged, rest, {id(p) for p in staged if id(p) in fresh}, tensor_ids)
 
     def _state_usable(self, state: Mapping[str, Tensor], local: Tensor, slot_names: Sequence[str], counts_steps: bool) -> bool:
-        """Every state entry the rule needs is there, of the parameter's dtype, device and
-        shape, and not tracked by autograd; layout aside, which copies can fix."""
+        """Every state entry the rule needs is there, on the parameter's device and of its
+        shape, of a float dtype, and not tracked by autograd; layout aside, which copies can fix."""
         for name in slot_names:
             value = state.get(name)
             if value is None or value.requires_grad:
                 return False
             value = local_tensor(value)
-            if not (self.supports(value) and value.dtype is local.dtype and value.device == local.device
-                    and value.shape == local.shape):
+            same_kind = value.dtype is local.dtype or not (value.dtype.is_complex or local.dtype.is_complex)
+            if not (self.supports(value) and same_kind and value.device == local.device and value.shape == local.shape):
                 return False
         return not counts_steps or step_usable(state.get("step"))
 
     @staticmethod
-    def _create_state(params, states, fills, step_dtype) -> set[int]:
+    def _create_state(params, states, spec: StateSpec) -> set[int]:
         """State for parameters without any, in flat buffers; returns their ids. A fill
         of None marks state the rule makes on its first step (SGD's momentum buffer):
         it starts at 0 and the parameter is flagged fresh."""
         new = [p for p in params if not states.get(p)]
-        created = {name: 0.0 if fill is None else fill for name, fill in fills.items()}
-        if not new or not (created or step_dtype is not None):
+        created = {name: 0.0 if fill is None else fill for name, fill in spec.fills.items()}
+        if not new or not (created or spec.step_dtype is not None):
             return set()
         by_kind: dict[tuple, list[Tensor]] = {}
         for p in new:
             by_kind.setdefault((p.dtype, local_tensor(p).device), []).append(p)
         for batch in by_kind.values():
-            for p, state in zip(batch, allocate_flat_state(batch, created, step_dtype=step_dtype)):
+            made = allocate_flat_state(batch, created, step_dtype=spec.step_dtype, storage=spec.storage_dtype)
+            for p, state in zip(batch, made):
                 states[p] = state
         return {id(p) for p in new}
 
-    def _staged_step(self, rule, layout, grads, states, fills, hp, *, decoupled_weight_decay, report_moved):
+    def _staged_step(self, rule, layout, grads, states, spec, hp, *, decoupled_weight_decay, report_moved):
         """Step ``layout.staged`` through copies laid out like dense parameters, then copy back."""
         work_states, work_grads, owner, copies = {}, {}, {}, []
         batches: dict[tuple, list[Tensor]] = {}
@@ -516,22 +536,24 @@ class FusedKernel:
             work_state = {}
             for name, value in states.get(param, {}).items():
                 value = local_tensor(value)
-                if name != "step" and not same_layout(value, work):
-                    copy = torch.empty_like(work).copy_(value)
+                if name != "step" and not same_strides(value, work):
+                    copy = torch.empty_like(work, dtype=value.dtype).copy_(value)
                     copies.append((value, copy))
                     value = copy
                 work_state[name] = value
             work_states[work] = work_state
             owner[id(work)] = param
             step = work_state.get("step")
-            batches.setdefault((work.dtype, work.device, None if step is None else step.dtype), []).append(work)
+            storage = tuple(work_state[n].dtype for n in spec.fills)
+            batches.setdefault((work.dtype, work.device, storage, None if step is None else step.dtype), []).append(work)
         moved = []
-        for (_, _, step_dtype), batch in batches.items():
+        for (_, _, _, step_dtype), batch in batches.items():
             fresh = [id(owner[id(w)]) in layout.staged_fresh for w in batch]
-            plan = build_plan(rule, batch, work_states, tuple(fills), fresh, step_dtype, self.item_elements)
+            ids = [layout.tensor_ids[id(owner[id(w)])] for w in batch]
+            plan = build_plan(rule, batch, work_states, tuple(spec.fills), fresh, step_dtype, self.item_elements, ids)
             addresses = (plan.param_addresses, addresses_of([work_grads[id(w)] for w in batch]))
             stepped = self.launch(
-                rule, plan, addresses, hp, decoupled_weight_decay=decoupled_weight_decay, report_moved=report_moved
+                rule, plan, addresses, hp, spec, decoupled_weight_decay=decoupled_weight_decay, report_moved=report_moved
             )
             moved += [owner[id(w)] for w in stepped]
         layout.staged_fresh.clear()

@@ -24,6 +24,7 @@ from adamkit.kernels.fused import (
 )
 from adamkit.kernels.scalar_ops import COMPUTE_TYPES, STORAGE_TYPES
 from adamkit.rules import EXACT, Rule, decay_coefficients
+from adamkit.state.formats import StateSpec
 from adamkit.state import is_dense, local_tensor
 
 WORK_ITEM_ELEMENTS = 1 << 15
@@ -51,8 +52,8 @@ class FusedCpuKernel(FusedKernel):
     item_elements = WORK_ITEM_ELEMENTS
 
     def launch(
-        self, rule: Rule, plan: FusedPlan, addresses: tuple[np.ndarray, np.ndarray], hp: Mapping, *,
-        decoupled_weight_decay: bool, report_moved: bool,
+        self, rule: Rule, plan: FusedPlan, addresses: tuple[np.ndarray, np.ndarray], hp: Mapping, spec: StateSpec,
+        *, decoupled_weight_decay: bool, report_moved: bool,
     ) -> list[Tensor]:
         """``FusedKernel.launch`` on the CPU: the all-zero gradients are found first (most
         stop at their first element) and stepped in a pass of their own that notes whether
@@ -74,8 +75,12 @@ class FusedCpuKernel(FusedKernel):
         plan.fresh = np.zeros(len(params), np.bool_)
         moved = np.zeros(len(params), np.bool_)
         uniform = (keys == keys[:, :1]).all()
-        absent = tuple(slot is None for slot in plan.slots)
+        slot_likes = [like if dtype is None else _like(dtype) for dtype in plan.slot_dtypes]
+        slot_types = tuple(None if dtype is None else storage_dtype(dtype) for dtype in plan.slot_dtypes)
         for step, fresh in (keys[:, :1] if uniform else np.unique(keys, axis=1)).T:
+            noise = None
+            if spec.stochastic:
+                noise = (np.uint32(spec.seed & 0xFFFFFFFF), np.uint32(int(step if counts_steps else spec.rounds) & 0xFFFFFFFF))
             c = _cast(rule.coefficients(hp, float(step) if counts_steps else None, bool(fresh), EXACT), compute)
             # Parameters whose step counts differ (one added later) need their own coefficients.
             same_key = (keys[0] == step) & (keys[1] == fresh)
@@ -87,8 +92,8 @@ class FusedCpuKernel(FusedKernel):
                 items = plan.items[chosen]
                 changed = np.zeros(len(items), np.bool_) if watch else None
                 loops.run(
-                    "fused_pass", (dtype, absent, watch, type(c)),
-                    c, decay, like, param_addresses, grad_addresses, *plan.slots,
+                    "fused_pass", (dtype, slot_types, noise is None, watch, type(c)),
+                    c, decay, like, param_addresses, grad_addresses, *plan.slots, *slot_likes, noise, plan.tensor_ids,
                     items, plan.starts[chosen], plan.ends[chosen], changed,
                 )
                 if watch:

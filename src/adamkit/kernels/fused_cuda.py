@@ -26,6 +26,7 @@ from torch import Tensor
 
 from adamkit.kernels.fused import FusedKernel, FusedPlan, storage_dtype
 from adamkit.rules import EXACT, Rule, decay_coefficients
+from adamkit.state.formats import StateSpec
 
 BLOCK = 2048
 ROWS = 5  # parameter, gradient, three state slots
@@ -76,6 +77,7 @@ class _Tables:
         self.elements = _upload(plan.elements, device, torch.int64)
         self.block_tensor = _upload(plan.items.astype(np.int32), device, torch.int32)
         self.block_start = _upload(plan.starts, device, torch.int64)
+        self.tensor_ids = _upload(plan.tensor_ids, device, torch.int64)
         self.flags = torch.zeros(2 * len(plan.params), dtype=torch.int32, device=device)
         self.flags_on_host: Tensor | None = None
         self.flags_ready: torch.cuda.Event | None = None
@@ -101,8 +103,8 @@ class FusedCudaKernel(FusedKernel):
         return super().supports(t) and triton_available()
 
     def launch(
-        self, rule: Rule, plan: FusedPlan, addresses: tuple[np.ndarray, np.ndarray], hp: Mapping, *,
-        decoupled_weight_decay: bool, report_moved: bool,
+        self, rule: Rule, plan: FusedPlan, addresses: tuple[np.ndarray, np.ndarray], hp: Mapping, spec: StateSpec,
+        *, decoupled_weight_decay: bool, report_moved: bool,
     ) -> list[Tensor]:
         from adamkit.kernels.compile_cache import triton_loops_for
         from adamkit.kernels.fused_cpu import advance_steps
@@ -121,6 +123,7 @@ class FusedCudaKernel(FusedKernel):
         plan.fresh = np.zeros(len(plan.params), np.bool_)
         uniform = (keys == keys[:, :1]).all()
         loops = triton_loops_for(rule)
+        slot_types = [None if dtype is None else _triton_dtype(dtype) for dtype in plan.slot_dtypes]
         if report_moved:
             tables.flags.zero_()
         for step, fresh in (keys[:, :1] if uniform else np.unique(keys, axis=1)).T:
@@ -134,10 +137,11 @@ class FusedCudaKernel(FusedKernel):
                 block_start = _upload(plan.starts[chosen], plan.device, torch.int64)
             loops.fused_pass[(len(block_tensor),)](
                 tables.addresses, tables.elements, block_tensor, block_start, values, values[len(c):],
-                tables.flags, len(plan.params),
+                tables.flags, len(plan.params), tables.tensor_ids,
+                spec.seed & 0xFFFFFFFF, int(step if counts_steps else spec.rounds) & 0xFFFFFFFF,
                 STORAGE=_triton_dtype(dtype), COMPUTE=_triton_dtype(compute),
-                SLOT0=plan.slots[0] is not None, SLOT1=plan.slots[1] is not None, SLOT2=plan.slots[2] is not None,
-                WATCH=report_moved, BLOCK=self.item_elements, enable_fp_fusion=False,
+                SLOT0=slot_types[0], SLOT1=slot_types[1], SLOT2=slot_types[2],
+                WATCH=report_moved, BLOCK=self.item_elements, STOCHASTIC=spec.stochastic, enable_fp_fusion=False,
             )
         if report_moved:
             self._read_flags_later(tables)

@@ -81,12 +81,55 @@ def _bfloat16_bits(value):
     return np.uint16((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
 
 
+@njit
+def _mix32(x):
+    """murmur3's 32-bit finalizer: every input bit flips about half the output bits."""
+    x = np.uint32(x)
+    x ^= x >> np.uint32(16)
+    x = np.uint32(x * np.uint32(0x85EBCA6B))
+    x ^= x >> np.uint32(13)
+    x = np.uint32(x * np.uint32(0xC2B2AE35))
+    return x ^ (x >> np.uint32(16))
+
+
+@njit
+def noise_key(seed, round_, tensor, slot):
+    """A 32-bit key for one state tensor's stochastic rounding in one step: the same
+    for the same seed, step (``round_``), tensor and slot, whatever runs the pass."""
+    inner = np.uint32(np.uint32(round_) + np.uint32(0x9E3779B9) * np.uint32(np.uint32(tensor) * np.uint32(3) + np.uint32(slot) + np.uint32(1)))
+    return _mix32(np.uint32(seed) ^ _mix32(inner))
+
+
+@njit
+def noise_bits(key, index):
+    """16 random bits for element ``index`` under ``key``."""
+    return _mix32(key ^ np.uint32(np.uint32(index) * np.uint32(0x9E3779B1))) >> np.uint32(16)
+
+
+@njit
+def bfloat16_stochastic_bits(value, bits16):
+    """``value`` (fp32) as bf16 bits, rounded up with probability equal to the part the
+    truncation drops: unbiased, so updates smaller than bf16's spacing still add up.
+    NaN and infinity are kept as they are."""
+    bits = np.uint32(np.float32(value).view(np.uint32))
+    if value != value:
+        return np.uint16(0x7FC0)
+    if (bits & np.uint32(0x7F800000)) == np.uint32(0x7F800000):
+        return np.uint16(bits >> np.uint32(16))
+    return np.uint16((bits + np.uint32(bits16)) >> np.uint32(16))
+
+
 def load(pointer, index):
     """The element at ``index`` in its compute type."""
 
 
 def store(pointer, index, value):
     """Round ``value`` to the storage type and write it at ``index``."""
+
+
+def store_state(pointer, index, value, key):
+    """``store``, except that bf16 state is rounded stochastically under ``key`` (from
+    ``noise_key``); with ``key`` None, or other storage types, as ``store``."""
 
 
 def _load_bfloat16(pointer, index):
@@ -121,6 +164,21 @@ def _load(pointer, index):
 @overload(store, inline="always")
 def _store(pointer, index, value):
     return {types.uint16: _store_bfloat16, types.int16: _store_half}.get(pointer.dtype, _store_native)
+
+
+def _store_bfloat16_stochastic(pointer, index, value, key):
+    pointer[index] = bfloat16_stochastic_bits(value, noise_bits(key, index))
+
+
+def _store_state_plainly(pointer, index, value, key):
+    store(pointer, index, value)
+
+
+@overload(store_state, inline="always")
+def _store_state(pointer, index, value, key):
+    if pointer.dtype == types.uint16 and not isinstance(key, types.NoneType):
+        return _store_bfloat16_stochastic
+    return _store_state_plainly
 
 
 # The operations of ``adamkit.rules.ops.__all__``, one stub each; rules bound to this module call these.

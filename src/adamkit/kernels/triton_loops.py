@@ -51,13 +51,17 @@ def _slot(tables, row: tl.constexpr, t, count, offsets, mask, STORAGE: tl.conste
 @triton.jit
 def fused_pass(
     tables, elements, block_tensor, block_start, coefficients, decay_coefficients, flags, count,
+    tensor_ids, noise_seed, noise_round,
     STORAGE: tl.constexpr, COMPUTE: tl.constexpr,
     SLOT0: tl.constexpr, SLOT1: tl.constexpr, SLOT2: tl.constexpr, WATCH: tl.constexpr, BLOCK: tl.constexpr,
+    STOCHASTIC: tl.constexpr,
 ):
-    """Step one block. A slot the parameters lack is not read or written (the rule gets
-    the gradient in its place and never uses it). With ``WATCH``, ``flags[2t]`` is set if
-    any gradient element of tensor t is nonzero, ``flags[2t + 1]`` if any parameter
-    element changed (as stored)."""
+    """Step one block. ``SLOT0``...``SLOT2`` are the slots' storage dtypes, None for a
+    slot the parameters lack (not read or written; the rule gets the gradient in its
+    place and never uses it). With ``STOCHASTIC``, bf16 state is rounded stochastically,
+    keyed by the seed, the step and the tensor's id. With ``WATCH``, ``flags[2t]`` is
+    set if any gradient element of tensor t is nonzero, ``flags[2t + 1]`` if any
+    parameter element changed (as stored)."""
     block = tl.program_id(0)
     t = tl.load(block_tensor + block)
     offsets = tl.load(block_start + block) + tl.arange(0, BLOCK)
@@ -65,22 +69,26 @@ def fused_pass(
     param_pointer, old = _slot(tables, 0, t, count, offsets, mask, STORAGE, COMPUTE)
     grad_pointer, grad = _slot(tables, 1, t, count, offsets, mask, STORAGE, COMPUTE)
     s0, s1, s2 = grad, grad, grad
-    if SLOT0:
-        s0_pointer, s0 = _slot(tables, 2, t, count, offsets, mask, STORAGE, COMPUTE)
-    if SLOT1:
-        s1_pointer, s1 = _slot(tables, 3, t, count, offsets, mask, STORAGE, COMPUTE)
-    if SLOT2:
-        s2_pointer, s2 = _slot(tables, 4, t, count, offsets, mask, STORAGE, COMPUTE)
+    if SLOT0 is not None:
+        s0_pointer, s0 = _slot(tables, 2, t, count, offsets, mask, SLOT0, COMPUTE)
+    if SLOT1 is not None:
+        s1_pointer, s1 = _slot(tables, 3, t, count, offsets, mask, SLOT1, COMPUTE)
+    if SLOT2 is not None:
+        s2_pointer, s2 = _slot(tables, 4, t, count, offsets, mask, SLOT2, COMPUTE)
+    tensor_id = tl.load(tensor_ids + t)
     new, decayed_grad = _decay(old, grad, load_decay(decay_coefficients))
     new, y0, y1, y2 = _update(new, decayed_grad, s0, s1, s2, load_coefficients(coefficients))
     stored = triton_ops.to_storage(new, STORAGE)
     tl.store(param_pointer + offsets, stored, mask=mask)
-    if SLOT0:
-        tl.store(s0_pointer + offsets, triton_ops.to_storage(y0, STORAGE), mask=mask)
-    if SLOT1:
-        tl.store(s1_pointer + offsets, triton_ops.to_storage(y1, STORAGE), mask=mask)
-    if SLOT2:
-        tl.store(s2_pointer + offsets, triton_ops.to_storage(y2, STORAGE), mask=mask)
+    if SLOT0 is not None:
+        key = triton_ops.noise_key(noise_seed, noise_round, tensor_id, 0)
+        tl.store(s0_pointer + offsets, triton_ops.to_state(y0, SLOT0, key, offsets, STOCHASTIC), mask=mask)
+    if SLOT1 is not None:
+        key = triton_ops.noise_key(noise_seed, noise_round, tensor_id, 1)
+        tl.store(s1_pointer + offsets, triton_ops.to_state(y1, SLOT1, key, offsets, STOCHASTIC), mask=mask)
+    if SLOT2 is not None:
+        key = triton_ops.noise_key(noise_seed, noise_round, tensor_id, 2)
+        tl.store(s2_pointer + offsets, triton_ops.to_state(y2, SLOT2, key, offsets, STOCHASTIC), mask=mask)
     if WATCH:
         nonzero = tl.max(((grad != 0) & mask).to(tl.int32), axis=0)
         changed = tl.max(((stored.to(COMPUTE) != old) & mask).to(tl.int32), axis=0)

@@ -79,3 +79,35 @@ def to_storage(value, STORAGE: tl.constexpr):
         rounded = tl.where(value != value, tl.full(rounded.shape, 0x7FC0, tl.uint16), rounded)
         return rounded.to(tl.bfloat16, bitcast=True)
     return value.to(STORAGE)
+
+
+@triton.jit
+def _mix32(x):
+    # murmur3's 32-bit finalizer, as scalar_ops._mix32
+    x ^= x >> 16
+    x *= tl.full([], 0x85EBCA6B, tl.uint32)
+    x ^= x >> 13
+    x *= tl.full([], 0xC2B2AE35, tl.uint32)
+    return x ^ (x >> 16)
+
+
+@triton.jit
+def noise_key(seed, round_, tensor, slot):
+    """As ``scalar_ops.noise_key``: one state tensor's rounding key for one step."""
+    which = tensor.to(tl.uint32) * tl.full([], 3, tl.uint32) + slot + 1
+    inner = round_.to(tl.uint32) + tl.full([], 0x9E3779B9, tl.uint32) * which
+    return _mix32(seed.to(tl.uint32) ^ _mix32(inner))
+
+
+@triton.jit
+def to_state(value, STORAGE: tl.constexpr, key, offsets, STOCHASTIC: tl.constexpr):
+    """``value`` as stored state: bf16 rounded stochastically under ``key`` (element i
+    drawing the bits ``scalar_ops.noise_bits`` would) when ``STOCHASTIC``, else ``to_storage``."""
+    if STOCHASTIC and STORAGE == tl.bfloat16:
+        bits = value.to(tl.uint32, bitcast=True)
+        noise = _mix32(key ^ (offsets.to(tl.uint32) * tl.full([], 0x9E3779B1, tl.uint32))) >> 16
+        special = (bits & 0x7F800000) == 0x7F800000
+        rounded = (tl.where(special, bits, bits + noise) >> 16).to(tl.uint16)
+        rounded = tl.where(value != value, tl.full(rounded.shape, 0x7FC0, tl.uint16), rounded)
+        return rounded.to(tl.bfloat16, bitcast=True)
+    return to_storage(value, STORAGE)

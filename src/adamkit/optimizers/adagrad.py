@@ -46,6 +46,8 @@ class Adagrad(RuleOptimizer):
         fused: bool | None = None,
         skip_nonfinite: bool = False,
         warn_zero_grad_update: bool = True,
+        state_dtype: str | None = None,
+        state_seed: int = 0,
     ) -> None:
         check_tensor_lr(lr, foreach=None, capturable=False)
         check_non_negative("learning rate", lr)
@@ -65,7 +67,8 @@ class Adagrad(RuleOptimizer):
             "fused": fused,
         }
         super().__init__(
-            params, defaults, skip_nonfinite=skip_nonfinite, warn_zero_grad_update=warn_zero_grad_update
+            params, defaults, skip_nonfinite=skip_nonfinite, warn_zero_grad_update=warn_zero_grad_update,
+            state_dtype=state_dtype, state_seed=state_seed,
         )
 
     def state_fills(self, group: dict) -> dict[str, float]:

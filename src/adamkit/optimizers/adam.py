@@ -62,6 +62,8 @@ class Adam(RuleOptimizer):
         decoupled_weight_decay: bool = False,
         skip_nonfinite: bool = False,
         warn_zero_grad_update: bool = True,
+        state_dtype: str | None = None,
+        state_seed: int = 0,
     ) -> None:
         check_tensor_lr(lr, foreach=foreach, capturable=capturable)
         check_non_negative("learning rate", lr)
@@ -82,7 +84,8 @@ class Adam(RuleOptimizer):
             "decoupled_weight_decay": decoupled_weight_decay,
         }
         super().__init__(
-            params, defaults, skip_nonfinite=skip_nonfinite, warn_zero_grad_update=warn_zero_grad_update
+            params, defaults, skip_nonfinite=skip_nonfinite, warn_zero_grad_update=warn_zero_grad_update,
+            state_dtype=state_dtype, state_seed=state_seed,
         )
 
     def state_fills(self, group: dict) -> dict[str, float]:
@@ -122,6 +125,8 @@ class AdamW(Adam):
         fused: bool | None = None,
         skip_nonfinite: bool = False,
         warn_zero_grad_update: bool = True,
+        state_dtype: str | None = None,
+        state_seed: int = 0,
     ) -> None:
         super().__init__(
             params,
@@ -138,6 +143,8 @@ class AdamW(Adam):
             decoupled_weight_decay=True,
             skip_nonfinite=skip_nonfinite,
             warn_zero_grad_update=warn_zero_grad_update,
+            state_dtype=state_dtype,
+            state_seed=state_seed,
         )
 
     def __setstate__(self, state: dict) -> None:

@@ -25,7 +25,8 @@ from adamkit.kernels.fused import FusedKernel
 from adamkit.kernels.fused_cpu import FusedCpuKernel
 from adamkit.kernels.fused_cuda import FusedCudaKernel
 from adamkit.rules import Rule
-from adamkit.state import TrackedState, allocate_flat_state, local_tensor
+from adamkit.state import allocate_flat_state, local_tensor
+from adamkit.state.formats import MIN_ELEMENTS, StateSpec, check_state_dtype
 
 
 _grad_of = operator.attrgetter("grad")
@@ -102,7 +103,10 @@ class RuleOptimizer(Optimizer):
     their state (``reset_state``), skip steps with non-finite gradients
     (``skip_nonfinite=True``; counted in ``skipped_steps``) and warns once per
     parameter when weight decay or momentum moves a parameter whose gradient is all
-    zeros (``warn_zero_grad_update=False`` turns that off).
+    zeros (``warn_zero_grad_update=False`` turns that off). ``state_dtype`` ("fp32",
+    "bf16") stores the state in another format than the parameter's dtype, for tensors
+    of at least ``low_precision_min_elements`` elements (``adamkit.state.formats``);
+    ``state_seed`` seeds bf16's stochastic rounding.
     """
 
     update_rule: ClassVar[Rule]
@@ -115,7 +119,10 @@ class RuleOptimizer(Optimizer):
 
     # Optimizer.__getstate__ keeps only defaults, state and param_groups; these must
     # survive copy.deepcopy and pickling too.
-    _extra_attributes = ("skip_nonfinite", "warn_zero_grad_update", "skipped_steps", "frozen")
+    _extra_attributes = (
+        "skip_nonfinite", "warn_zero_grad_update", "skipped_steps", "frozen", "state_dtype", "state_seed",
+        "low_precision_min_elements", "rounds",
+    )
 
     def __init__(
         self,
@@ -124,7 +131,13 @@ class RuleOptimizer(Optimizer):
         *,
         skip_nonfinite: bool = False,
         warn_zero_grad_update: bool = True,
+        state_dtype: str | None = None,
+        state_seed: int = 0,
     ) -> None:
+        check_state_dtype(state_dtype)
+        self.state_dtype, self.state_seed = state_dtype, state_seed
+        self.low_precision_min_elements = MIN_ELEMENTS
+        self.rounds = 0
         super().__init__(params, defaults)
         if defaults.get("fused"):
             if defaults.get("differentiable"):
@@ -154,11 +167,13 @@ class RuleOptimizer(Optimizer):
 
     def init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
         """The algorithm's state tensors for a parameter seen for the first time, each
-        real component at its fill (a complex one at ``fill + fill j``, as torch's Adagrad)."""
+        real component at its fill (a complex one at ``fill + fill j``, as torch's Adagrad),
+        in the optimizer's state format."""
         state = {}
+        dtype = self.state_spec(group).storage_dtype(param)
         for name, fill in self.state_fills(group).items():
             if fill is not None:
-                state[name] = torch.empty_like(param, memory_format=torch.preserve_format)
+                state[name] = torch.empty_like(param, dtype=dtype, memory_format=torch.preserve_format)
                 (torch.view_as_real(state[name]) if param.is_complex() else state[name]).fill_(fill)
         return state
 
@@ -179,6 +194,10 @@ class RuleOptimizer(Optimizer):
         self.__dict__.setdefault("_warned_zero_grad", set())
         self.__dict__.setdefault("fused_kernels", _fused_kernels())
         self.__dict__.setdefault("last_step_kernels", {})
+        self.__dict__.setdefault("state_dtype", None)
+        self.__dict__.setdefault("state_seed", 0)
+        self.__dict__.setdefault("low_precision_min_elements", MIN_ELEMENTS)
+        self.__dict__.setdefault("rounds", 0)
         for group in self.param_groups:
             for key, default in self.flag_defaults.items():
                 group.setdefault(key, default)
@@ -194,13 +213,46 @@ class RuleOptimizer(Optimizer):
                         device=p.device if on_device else "cpu",
                     )
 
-    def state_dict(self) -> dict[str, Any]:
-        """torch's ``state_dict``, with each parameter's state a plain dict, so that
-        ``torch.load(weights_only=True)`` and torch.optim read it."""
+    def state_spec(self, group: dict[str, Any]) -> StateSpec:
+        """What ``group``'s state is: its tensors, step counter and storage format."""
+        return StateSpec(
+            fills=self.state_fills(group),
+            step_dtype=scalar_dtype(group.get("fused")) if self.counts_steps else None,
+            state_dtype=self.state_dtype,
+            min_elements=self.low_precision_min_elements,
+            seed=self.state_seed,
+            tensor_ids=self._tensor_ids(),
+            rounds=self.rounds,
+        )
+
+    def _tensor_ids(self) -> dict[int, int]:
+        """id(param) -> the parameter's index in the optimizer (its key in ``state_dict``),
+        which keys its stochastic rounding; made again when parameters are added."""
+        count = sum(len(group["params"]) for group in self.param_groups)
+        ids = self.__dict__.get("_tensor_id_cache")
+        if ids is None or len(ids) != count:
+            ids = {id(p): index for index, p in enumerate(p for group in self.param_groups for p in group["params"])}
+            self._tensor_id_cache = ids
+        return ids
+
+    def state_dict(self, compact: bool = False) -> dict[str, Any]:
+        """torch's ``state_dict``, each parameter's state a plain dict of torch's tensors,
+        so that ``torch.load(weights_only=True)`` and torch.optim read it: state kept in
+        a low-precision format comes in the parameter's dtype, unless ``compact``, which
+        gives it as stored (``load_state_dict`` takes either)."""
         state_dict = super().state_dict()
+        params = [p for group in self.param_groups for p in group["params"]]
         state_dict["state"] = {
-            key: dict(value) if isinstance(value, TrackedState) else value for key, value in state_dict["state"].items()
+            index: {
+                name: value.to(params[index].dtype)
+                if not compact and name != "step" and torch.is_tensor(value) and value.dtype != params[index].dtype
+                else value
+                for name, value in state.items()
+            }
+            for index, state in state_dict["state"].items()
         }
+        if self.state_dtype is not None:
+            state_dict["rounds"] = self.rounds
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -208,6 +260,7 @@ class RuleOptimizer(Optimizer):
         parameter; then the fused kernel's state moves into flat buffers."""
         self._check_loaded_shapes(state_dict)
         super().load_state_dict(state_dict)
+        self.rounds = state_dict.get("rounds", self.rounds)
         for kernel in self.fused_kernels:
             kernel.forget()
         for group in self.param_groups:
@@ -220,9 +273,11 @@ class RuleOptimizer(Optimizer):
                     step = state.get("step")
                     key = (p.dtype, tuple(name for name in state if name != "step"), None if step is None else step.dtype)
                     batches.setdefault(key, []).append(p)
+            storage = self.state_spec(group).storage_dtype
             for (_, names, step_dtype), params in batches.items():
                 moved = allocate_flat_state(
-                    params, dict.fromkeys(names, 0.0), step_dtype=step_dtype, initial=[self.state[p] for p in params]
+                    params, dict.fromkeys(names, 0.0), step_dtype=step_dtype, initial=[self.state[p] for p in params],
+                    storage=storage,
                 )
                 for p, state in zip(params, moved):
                     self.state[p] = state
@@ -277,10 +332,11 @@ class RuleOptimizer(Optimizer):
             for p in params:
                 if self._fused_takes(p):
                     batches.setdefault((p.dtype, p.device), []).append(p)
-            fills = {name: fill for name, fill in self.state_fills(group).items() if fill is not None}
-            step_dtype = scalar_dtype(group.get("fused")) if self.counts_steps else None
+            spec = self.state_spec(group)
+            fills = {name: fill for name, fill in spec.fills.items() if fill is not None}
             for batch in batches.values():
-                created.update(zip(map(id, batch), allocate_flat_state(batch, fills, step_dtype=step_dtype)))
+                made = allocate_flat_state(batch, fills, step_dtype=spec.step_dtype, storage=spec.storage_dtype)
+                created.update(zip(map(id, batch), made))
         for p in params:
             self.state[p] = created.get(id(p)) or self.new_state(p, group)
 
@@ -445,6 +501,7 @@ class RuleOptimizer(Optimizer):
         gradient, each kernel what the one before left. Returns the rest, for the eager
         kernel, and the stepped ones whose all-zero gradient did not keep them still."""
         frozen = self.frozen
+        spec = self.state_spec(group)
         params = group["params"]
         grads = list(map(_grad_of, params))
         if frozen or any(map(operator.is_, grads, repeat(None))):
@@ -467,8 +524,7 @@ class RuleOptimizer(Optimizer):
                 params,
                 grads,
                 self.state,
-                self.state_fills(group),
-                scalar_dtype(group.get("fused")) if self.counts_steps else None,
+                spec,
                 hp,
                 decoupled_weight_decay=self.decoupled_weight_decay(group),
                 report_moved=self.warn_zero_grad_update,
@@ -507,6 +563,7 @@ class RuleOptimizer(Optimizer):
             return loss
 
         self.last_step_kernels = {}
+        self.rounds += 1
         grad_enabled = torch.is_grad_enabled()
         torch.set_grad_enabled(self.defaults.get("differentiable", False))
         try:
@@ -541,6 +598,7 @@ class RuleOptimizer(Optimizer):
                     step_as_tensor=bool(group.get("capturable") or group.get("differentiable")),
                     complex_as_real=self.complex_as_real,
                     exact=exact,
+                    spec=self.state_spec(group),
                 )
                 self.last_step_kernels["eager"] = self.last_step_kernels.get("eager", 0) + len(params)
                 self._warn_moved([p for p, old in zip(zero_grad_params, before) if not torch.equal(p.detach(), old)])

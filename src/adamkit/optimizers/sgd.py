@@ -46,6 +46,8 @@ class SGD(RuleOptimizer):
         fused: bool | None = None,
         skip_nonfinite: bool = False,
         warn_zero_grad_update: bool = True,
+        state_dtype: str | None = None,
+        state_seed: int = 0,
     ) -> None:
         check_tensor_lr(lr, foreach=None, capturable=False)
         if lr < 0.0:
@@ -68,7 +70,8 @@ class SGD(RuleOptimizer):
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         super().__init__(
-            params, defaults, skip_nonfinite=skip_nonfinite, warn_zero_grad_update=warn_zero_grad_update
+            params, defaults, skip_nonfinite=skip_nonfinite, warn_zero_grad_update=warn_zero_grad_update,
+            state_dtype=state_dtype, state_seed=state_seed,
         )
 
     def state_fills(self, group: dict) -> dict[str, None]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -105,13 +105,15 @@ def allocate_flat_state(
     *,
     step_dtype: torch.dtype | None,
     initial: Sequence[Mapping[str, Tensor]] | None = None,
+    storage: Callable[[Tensor], torch.dtype] | None = None,
 ) -> list[dict[str, Tensor]]:
     """New state for ``params`` (one device and dtype), each entry a view into a shared buffer.
 
     ``fills`` names the state tensors and their initial value, per real component (a
     complex parameter's state starts at ``fill + fill j``, as torch's Adagrad does);
     ``initial``, if given, holds existing per-parameter values to copy in instead (a
-    loaded checkpoint). With ``step_dtype``, each parameter also gets a 0-dim ``step``
+    loaded checkpoint, rounded to nearest). ``storage`` gives each parameter's state
+    dtype (default: the parameter's own). With ``step_dtype``, each parameter also gets a 0-dim ``step``
     view into one buffer of step counts, as torch's 0-dim ``step`` tensors. State
     tensors have the parameter's shape and, for a dense parameter, its strides
     (DTensors for DTensor parameters); each parameter's dict is a ``TrackedState``.
@@ -122,8 +124,6 @@ def allocate_flat_state(
     (torch.Size([4]), 40)
     """
     locals_ = [local_tensor(p) for p in params]
-    sizes = [t.numel() for t in locals_]
-    device, dtype = locals_[0].device, locals_[0].dtype
     states: list[dict[str, Tensor]] = [TrackedState() for _ in params]
     if step_dtype is not None:
         steps = torch.zeros(len(params), dtype=step_dtype)
@@ -131,12 +131,18 @@ def allocate_flat_state(
             if initial is not None and "step" in initial[index]:
                 steps[index] = initial[index]["step"]
             state["step"] = steps[index]
-    for name, fill in fills.items():
-        buffer = torch.empty((sum(sizes),), dtype=dtype, device=device)
-        (torch.view_as_real(buffer) if dtype.is_complex else buffer).fill_(fill)
-        for state, param, local, chunk, index in zip(states, params, locals_, buffer.split(sizes), range(len(params))):
-            view = _view_like(chunk, local)
-            if initial is not None and name in initial[index]:
-                view.copy_(local_tensor(initial[index][name]))
-            state[name] = _like_param(view, param)
+    batches: dict[tuple, list[int]] = {}
+    for index, local in enumerate(locals_):
+        dtype = local.dtype if storage is None else storage(local)
+        batches.setdefault((local.device, dtype), []).append(index)
+    for (device, dtype), indices in batches.items():
+        sizes = [locals_[i].numel() for i in indices]
+        for name, fill in fills.items():
+            buffer = torch.empty((sum(sizes),), dtype=dtype, device=device)
+            (torch.view_as_real(buffer) if dtype.is_complex else buffer).fill_(fill)
+            for index, chunk in zip(indices, buffer.split(sizes)):
+                view = _view_like(chunk, locals_[index])
+                if initial is not None and name in initial[index]:
+                    view.copy_(local_tensor(initial[index][name]))
+                states[index][name] = _like_param(view, params[index])
     return states

@@ -1,0 +1,180 @@
+"""Low-precision optimizer state: state_dtype="fp32" and "bf16" (adamkit.state.formats)."""
+
+from __future__ import annotations
+
+import copy
+import io
+
+import pytest
+import torch
+
+import adamkit
+from adamkit.kernels.fused import FusedKernel
+from adamkit.state import formats
+from parity import grads_for, step_together
+
+ALGORITHMS = [
+    (adamkit.Adam, dict(amsgrad=True, weight_decay=0.1)),
+    (adamkit.AdamW, {}),
+    (adamkit.Yogi, {}),
+    (adamkit.SGD, dict(momentum=0.9)),
+    (adamkit.RMSprop, dict(centered=True, momentum=0.5)),
+    (adamkit.Adagrad, dict(lr_decay=0.01)),
+]
+IDS = [cls.__name__ for cls, _ in ALGORITHMS]
+
+
+def _params(dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(64, 100), (100,), (3, 4), (50, 90)]  # two above the 4096-element threshold, two below
+    return [torch.nn.Parameter(torch.randn(shape, generator=g).to(dtype)) for shape in shapes]
+
+
+def _run(cls, kwargs, params, steps=6, **options):
+    optimizer = cls(params, lr=0.01, **kwargs, **options)
+    for step in range(steps):
+        for p, grad in zip(params, grads_for(params, step)):
+            p.grad = grad.to(p.dtype)
+        optimizer.step()
+    return optimizer
+
+
+def _state_bytes(optimizer, params):
+    return sum(t.numel() * t.element_size() for p in params for k, t in optimizer.state[p].items() if k != "step")
+
+
+@pytest.mark.parametrize("cls,kwargs", ALGORITHMS, ids=IDS)
+def test_bf16_state_is_stored_in_bf16_above_the_threshold(cls, kwargs):
+    params = _params()
+    optimizer = _run(cls, kwargs, params, state_dtype="bf16")
+    assert optimizer.last_step_kernels == {"fused_cpu": len(params)}
+    for p in params:
+        expected = torch.bfloat16 if p.numel() >= formats.MIN_ELEMENTS else torch.float32
+        assert {t.dtype for k, t in optimizer.state[p].items() if k != "step"} == {expected}
+
+
+def test_adam_state_bytes_per_parameter():
+    """fp32 Adam keeps 8 bytes per parameter beside it, bf16 state 4."""
+    params = [torch.nn.Parameter(torch.randn(50_000)) for _ in range(3)]
+    for state_dtype, expected in ((None, 8), ("fp32", 8), ("bf16", 4)):
+        optimizer = _run(adamkit.Adam, {}, params, steps=1, state_dtype=state_dtype)
+        assert _state_bytes(optimizer, params) / sum(p.numel() for p in params) == expected, state_dtype
+
+
+@pytest.mark.parametrize("cls,kwargs", ALGORITHMS, ids=IDS)
+def test_the_same_seed_gives_the_same_bits(cls, kwargs):
+    runs = [(_params(), seed) for seed in (7, 7, 8)]
+    states = [(_run(cls, kwargs, params, state_dtype="bf16", state_seed=seed), params) for params, seed in runs]
+    big = [i for i, p in enumerate(runs[0][0]) if p.numel() >= formats.MIN_ELEMENTS]
+    slot = next(k for k in states[0][0].state[runs[0][0][0]] if k != "step")
+
+    def bits(index):
+        optimizer, params = states[index]
+        return [optimizer.state[params[i]][slot] for i in big]
+
+    assert all(torch.equal(a, b) for a, b in zip(bits(0), bits(1)))
+    assert not all(torch.equal(a, b) for a, b in zip(bits(0), bits(2)))
+
+
+def test_stochastic_rounding_keeps_updates_smaller_than_bf16s_spacing():
+    """SGD momentum on a buffer near 1.0 receiving +1e-4 a step: bf16's spacing there is
+    2^-7 ~ 0.0078, so rounding to nearest never moves it; stochastic rounding adds up."""
+    buffer_start = torch.ones(20_000)
+
+    def run(state_dtype):
+        p = torch.nn.Parameter(torch.zeros(20_000))
+        optimizer = adamkit.SGD([p], lr=0.0, momentum=1.0, state_dtype=state_dtype)
+        p.grad = buffer_start.clone()
+        optimizer.step()  # the buffer starts as the first gradient
+        for _ in range(100):
+            p.grad = torch.full_like(p, 1e-4)
+            optimizer.step()
+        return optimizer.state[p]["momentum_buffer"].float()
+
+    exact = run("fp32")
+    nearest = torch.ones(20_000).to(torch.bfloat16).float()
+    for _ in range(100):
+        nearest = (nearest + 1e-4).to(torch.bfloat16).float()
+    stochastic = run("bf16")
+    assert torch.allclose(exact, torch.full_like(exact, 1.01), atol=1e-5)
+    assert torch.equal(nearest, torch.ones_like(nearest))  # round-to-nearest loses every update
+    assert abs(stochastic.mean().item() - 1.01) < 5e-4  # unbiased: the mean follows the fp32 value
+
+
+@pytest.mark.parametrize("cls,kwargs", ALGORITHMS, ids=IDS)
+def test_fused_and_eager_kernels_store_the_same_bits(cls, kwargs, monkeypatch):
+    fused = _run(cls, kwargs, fused_params := _params(), state_dtype="bf16", state_seed=3)
+    monkeypatch.setattr(FusedKernel, "takes", lambda self, param, grad: False)
+    eager = _run(cls, kwargs, eager_params := _params(), state_dtype="bf16", state_seed=3)
+    assert eager.last_step_kernels == {"eager": len(eager_params)}
+    for p, q in zip(fused_params, eager_params):
+        assert torch.equal(p, q)
+        for name, value in fused.state[p].items():
+            assert torch.equal(value, eager.state[q][name]), name
+
+
+@pytest.mark.parametrize("cls,kwargs", ALGORITHMS, ids=IDS)
+def test_bf16_state_trains_close_to_fp32_state(cls, kwargs):
+    reference = _params()
+    _run(cls, kwargs, reference, steps=20, state_dtype="fp32")
+    params = _params()
+    _run(cls, kwargs, params, steps=20, state_dtype="bf16")
+    for p, q in zip(reference, params):
+        assert (p - q).abs().max() < 2e-3 * max(1.0, p.abs().max().item())
+
+
+def test_state_dict_is_torchs_format_and_compact_is_the_stored_one():
+    params = _params()
+    optimizer = _run(adamkit.Adam, {}, params, state_dtype="bf16")
+    full, compact = optimizer.state_dict(), optimizer.state_dict(compact=True)
+    assert full["state"][0]["exp_avg"].dtype == torch.float32
+    assert compact["state"][0]["exp_avg"].dtype == torch.bfloat16
+    assert torch.equal(full["state"][0]["exp_avg"], compact["state"][0]["exp_avg"].float())
+    # torch.optim reads the full form; both survive torch.save / weights_only loading
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    torch_optimizer = torch.optim.Adam(twins, lr=0.01)
+    buffer = io.BytesIO()
+    torch.save(full, buffer)
+    buffer.seek(0)
+    torch_optimizer.load_state_dict(torch.load(buffer, weights_only=True))
+    assert torch.equal(torch_optimizer.state[twins[0]]["exp_avg_sq"], full["state"][0]["exp_avg_sq"])
+
+
+@pytest.mark.parametrize("form", ["full", "compact"])
+def test_resuming_continues_the_run(form):
+    """From the compact form the run continues bit for bit; from the full form (values
+    rounded back to bf16 to nearest, which they already are) too."""
+    params = _params()
+    optimizer = _run(adamkit.SGD, dict(momentum=0.9), params, steps=3, state_dtype="bf16", state_seed=5)
+    saved = copy.deepcopy(optimizer.state_dict(compact=form == "compact"))
+    resumed_params = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    resumed = adamkit.SGD(resumed_params, lr=0.01, momentum=0.9, state_dtype="bf16", state_seed=5)
+    resumed.load_state_dict(saved)
+    step_together((params, optimizer), (resumed_params, resumed), range(3, 6))
+    for p, q in zip(params, resumed_params):
+        assert torch.equal(p, q)
+        assert torch.equal(optimizer.state[p]["momentum_buffer"], resumed.state[q]["momentum_buffer"])
+
+
+def test_resuming_with_another_state_dtype():
+    params = _params()
+    optimizer = _run(adamkit.Adam, {}, params, steps=3, state_dtype="bf16")
+    resumed = adamkit.Adam(params, lr=0.01)  # torch's format
+    resumed.load_state_dict(optimizer.state_dict())
+    assert resumed.state[params[0]]["exp_avg"].dtype == torch.float32
+    back = adamkit.Adam(params, lr=0.01, state_dtype="bf16")
+    back.load_state_dict(resumed.state_dict())
+    assert back.state[params[0]]["exp_avg"].dtype == torch.bfloat16
+    assert torch.equal(back.state[params[0]]["exp_avg"], optimizer.state[params[0]]["exp_avg"])
+
+
+def test_fp32_state_for_bf16_parameters():
+    params = _params(torch.bfloat16)
+    optimizer = _run(adamkit.AdamW, {}, params, state_dtype="fp32")
+    assert all(optimizer.state[p]["exp_avg"].dtype == torch.float32 for p in params)
+    assert optimizer.last_step_kernels == {"fused_cpu": len(params)}
+
+
+def test_an_unknown_state_dtype_is_refused_by_name():
+    with pytest.raises(ValueError, match="Invalid state_dtype: 'fp8'"):
+        adamkit.Adam(_params(), state_dtype="fp8")
