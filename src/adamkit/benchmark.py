@@ -30,8 +30,10 @@ import adamkit
 
 ELEMENTS_MOVED_PER_PARAM = 7
 DEFAULT_SHAPES = ("4x4194304", "4x16777216", "2000x4096")
+DEFAULT_IMPLEMENTATIONS = ("adamkit", "torch for-loop", "torch foreach", "torch fused")
 IMPLEMENTATIONS: dict[str, Callable] = {
     "adamkit": lambda params: adamkit.Adam(params, lr=1e-3),
+    "adamkit bf16 state": lambda params: adamkit.Adam(params, lr=1e-3, state_dtype="bf16"),
     "torch for-loop": lambda params: torch.optim.Adam(params, lr=1e-3, foreach=False),
     "torch foreach": lambda params: torch.optim.Adam(params, lr=1e-3, foreach=True),
     "torch fused": lambda params: torch.optim.Adam(params, lr=1e-3, fused=True),
@@ -193,10 +195,12 @@ def run(
     element_size = torch.finfo(dtype).bits // 8
     results = []
     for shape in shapes:
-        moved = ELEMENTS_MOVED_PER_PARAM * element_size * shape.params
         times = time_steps(implementations, shape, dtype, repeats, warmup, device)
         checks = times.pop("adamkit checks", None)
         for name, ms in times.items():
+            # param, grad read and param written; m and v read and written (bf16 state: 2 bytes each)
+            state_size = 2 if name.endswith("bf16 state") else element_size
+            moved = (3 * element_size + 4 * state_size) * shape.params
             result = Result(shape.label, str(dtype).removeprefix("torch."), name, ms, moved / ms / 1e6)
             if name == "adamkit":
                 result.checks_ms = checks

@@ -28,8 +28,9 @@ def register(subparsers) -> None:
                         help="threads for torch and adamkit (default: torch's)")
     parser.add_argument("--repeats", type=positive_int, default=10, help="timed steps per figure")
     parser.add_argument("--warmup", type=positive_int, default=3, help="untimed steps first")
-    parser.add_argument("--implementations", nargs="+", default=list(benchmark.IMPLEMENTATIONS),
-                        choices=list(benchmark.IMPLEMENTATIONS), metavar="NAME")
+    parser.add_argument("--implementations", nargs="+", default=list(benchmark.DEFAULT_IMPLEMENTATIONS),
+                        choices=list(benchmark.IMPLEMENTATIONS), metavar="NAME",
+                        help=f"any of: {', '.join(repr(name) for name in benchmark.IMPLEMENTATIONS)}")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
     parser.set_defaults(run=run)
 

@@ -73,12 +73,46 @@ def _float_to_half(typingctx, value):
     return types.int16(types.float32), codegen
 
 
+@intrinsic
+def _float_bits(typingctx, value):
+    """The bits of an fp32 value (a register bitcast, which the vectorizer keeps)."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def _bits_float(typingctx, bits):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.uint32), codegen
+
+
+@intrinsic
+def _element_noise(typingctx, key, index):
+    """16 random bits for element ``index`` under ``key``: the index through murmur3's
+    32-bit finalizer, in 32-bit integer operations (numba would widen them to 64)."""
+    def codegen(context, builder, signature, args):
+        i32 = ir.IntType(32)
+        x = builder.xor(args[0], builder.mul(builder.trunc(args[1], i32), ir.Constant(i32, 0x9E3779B1)))
+        x = builder.xor(x, builder.lshr(x, ir.Constant(i32, 16)))
+        x = builder.mul(x, ir.Constant(i32, 0x85EBCA6B))
+        x = builder.xor(x, builder.lshr(x, ir.Constant(i32, 13)))
+        x = builder.mul(x, ir.Constant(i32, 0xC2B2AE35))
+        x = builder.xor(x, builder.lshr(x, ir.Constant(i32, 16)))
+        return builder.lshr(x, ir.Constant(i32, 16))
+
+    return types.uint32(types.uint32, types.int64), codegen
+
+
 @njit
 def _bfloat16_bits(value):
-    bits = np.uint32(np.float32(value).view(np.uint32))
-    if value != value:
-        return np.uint16(0x7FC0)
-    return np.uint16((bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+    bits = _float_bits(np.float32(value))
+    nan = np.uint32(value != value)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    return np.uint16(rounded + nan * (np.uint32(0x7FC0) - rounded))
 
 
 @njit
@@ -100,25 +134,6 @@ def noise_key(seed, round_, tensor, slot):
     return _mix32(np.uint32(seed) ^ _mix32(inner))
 
 
-@njit
-def noise_bits(key, index):
-    """16 random bits for element ``index`` under ``key``."""
-    return _mix32(key ^ np.uint32(np.uint32(index) * np.uint32(0x9E3779B1))) >> np.uint32(16)
-
-
-@njit
-def bfloat16_stochastic_bits(value, bits16):
-    """``value`` (fp32) as bf16 bits, rounded up with probability equal to the part the
-    truncation drops: unbiased, so updates smaller than bf16's spacing still add up.
-    NaN and infinity are kept as they are."""
-    bits = np.uint32(np.float32(value).view(np.uint32))
-    if value != value:
-        return np.uint16(0x7FC0)
-    if (bits & np.uint32(0x7F800000)) == np.uint32(0x7F800000):
-        return np.uint16(bits >> np.uint32(16))
-    return np.uint16((bits + np.uint32(bits16)) >> np.uint32(16))
-
-
 def load(pointer, index):
     """The element at ``index`` in its compute type."""
 
@@ -133,7 +148,7 @@ def store_state(pointer, index, value, key):
 
 
 def _load_bfloat16(pointer, index):
-    return np.uint32(np.uint32(pointer[index]) << np.uint32(16)).view(np.float32)
+    return _bits_float(np.uint32(pointer[index]) << np.uint32(16))
 
 
 def _load_half(pointer, index):
@@ -167,7 +182,13 @@ def _store(pointer, index, value):
 
 
 def _store_bfloat16_stochastic(pointer, index, value, key):
-    pointer[index] = bfloat16_stochastic_bits(value, noise_bits(key, index))
+    # Round up with probability equal to the part truncation drops: unbiased. Infinities
+    # are kept, every NaN becomes the canonical one. Masks, not branches.
+    bits = _float_bits(np.float32(value))
+    finite = np.uint32((bits & np.uint32(0x7F800000)) != np.uint32(0x7F800000))
+    rounded = np.uint32((bits + _element_noise(key, index) * finite) >> np.uint32(16))
+    nan = np.uint32(value != value)
+    pointer[index] = np.uint16(rounded + nan * (np.uint32(0x7FC0) - rounded))
 
 
 def _store_state_plainly(pointer, index, value, key):
