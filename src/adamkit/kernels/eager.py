@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 
 from adamkit.rules import EXACT, TORCH, Rule, bind, decay_coefficients, maximize_and_weight_decay, ops
-from adamkit.state.formats import StateSpec, noise_key, stochastic_bfloat16
+from adamkit.state.formats import BLOCK, SCALE_SUFFIX, StateSpec, dequantize, noise_key, quantize, stochastic_bfloat16
 
-CHUNK_ELEMENTS = 1 << 16  # 256 KiB of fp32: larger chunks were no faster and glibc kept more of them
+CHUNK_ELEMENTS = 1 << 16  # 256 KiB of fp32: larger chunks were no faster and glibc kept more of them (and whole int8 blocks)
 
 
 def _real(t: Tensor) -> Tensor:
@@ -123,17 +123,21 @@ def eager_step(
             and param.numel() > CHUNK_ELEMENTS
             and all(t.is_contiguous() for t in tensors)
         )
+        coded = {name: state[name + SCALE_SUFFIX] for name in present if state[name].dtype is torch.int8}
         if chunked:
             flat = [t.view(-1) for t in tensors]
-            pieces = [[t[s] for t in flat] for s in _slices(param.numel(), CHUNK_ELEMENTS)]
+            slices = _slices(param.numel(), CHUNK_ELEMENTS)  # chunks of whole int8 blocks
+            pieces = [[t[s] for t in flat] for s in slices]
+            scale_pieces = [{n: scales[s.start // BLOCK : -(-s.stop // BLOCK)] for n, scales in coded.items()} for s in slices]
         else:
-            pieces = [tensors]
+            pieces, scale_pieces = [tensors], [coded]
 
         offset = 0
-        for param_piece, grad_piece, *state_pieces in pieces:
+        for (param_piece, grad_piece, *state_pieces), scales in zip(pieces, scale_pieces):
             new_param = param_piece.clone() if tracked else param_piece
             views = dict(zip(present, map(real, state_pieces)))
             inputs = {name: v.clone() for name, v in views.items()} if tracked else views
+            inputs = {name: dequantize(v, scales[name]) if name in scales else v for name, v in inputs.items()}
             if formatted:
                 compute = torch.float64 if param.dtype in (torch.float64, torch.complex128) else torch.float32
                 widen = (lambda t: t.to(compute)) if not param.is_complex() else (lambda t: t)
@@ -152,8 +156,14 @@ def eager_step(
                     round_ = int(step if step is not None else spec.rounds)
                     key = noise_key(spec.seed, round_, spec.tensor_ids.get(id(param), position), slot)
                     value = stochastic_bfloat16(value, key, offset)
-                if name in views:
+                if name in scales:
+                    codes, block_scales = quantize(value)
+                    views[name].copy_(codes)
+                    scales[name].copy_(block_scales)
+                elif name in views:
                     views[name].copy_(value)
+                elif formatted and spec.storage_dtype(param) is torch.int8:
+                    state[name], state[name + SCALE_SUFFIX] = quantize(value)
                 else:
                     if formatted:
                         value = value.to(spec.storage_dtype(param))

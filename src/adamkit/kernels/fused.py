@@ -30,7 +30,7 @@ from torch import Tensor
 
 from adamkit.rules import Rule
 from adamkit.state import TrackedState, allocate_flat_state, is_dense, local_tensor
-from adamkit.state.formats import StateSpec
+from adamkit.state.formats import SCALE_SUFFIX, StateSpec, blocks_of
 
 SLOT_COUNT = 3
 STEP_DTYPES = (torch.float32, torch.float64)
@@ -104,6 +104,21 @@ def _grads_on(device: torch.device) -> Callable[[list[Tensor]], bool]:
     return lambda tensors: all(map(operator.eq, map(_device_of, tensors), repeat(device)))
 
 
+def _entry_fits(t: Tensor, like: Tensor | int | None) -> bool:
+    if like is None:
+        return step_usable(t)
+    if isinstance(like, int):
+        return _scales_fit(t, like)
+    return same_strides(t, like)
+
+
+def _scales_fit(t: Tensor | None, blocks: int) -> bool:
+    return (
+        isinstance(t, Tensor) and t.dtype is torch.float32 and t.dim() == 1 and t.numel() == blocks
+        and t.is_contiguous() and not t.requires_grad
+    )
+
+
 def _storage_owner(t: Tensor) -> Tensor:
     """The tensor whose version counter ``t`` shares: its base if it is a view."""
     return t if t._base is None else t._base
@@ -129,6 +144,7 @@ class FusedPlan:
     strided: list[int]  # positions of non-contiguous parameters, whose grads need a stride check
     slots: list[np.ndarray | None]
     slot_dtypes: list[torch.dtype | None]  # each slot's storage dtype (None: the rule keeps no such state)
+    scales: list[np.ndarray | None]  # an int8 slot's block scales, per parameter
     tensor_ids: np.ndarray  # each parameter's place among the group's stepped ones: keys its rounding noise
     step_addresses: np.ndarray | None
     step_dtype: torch.dtype | None
@@ -143,7 +159,8 @@ class FusedPlan:
     entry_names: list[str]
     entry_values: list[Tensor]  # the state tensors, as the user sees them
     entry_locals: list[Tensor]
-    entry_params: list[Tensor | None]  # the local parameter each entry is laid out like; None for steps
+    entry_params: list[Tensor | int | None]  # what each entry must match: the local parameter it is laid
+    # out like, the number of blocks for an int8 slot's scales, None for a step counter
     entry_addresses: np.ndarray
     untracked: list[int]  # entries whose dict is not a TrackedState: checked one by one
     owners: list[Tensor]  # one tensor per version counter the state tensors use
@@ -188,10 +205,7 @@ class FusedPlan:
         entry_locals = list(map(local_tensor, self.entry_values)) if self.distributed else self.entry_values
         if not np.array_equal(addresses_of(entry_locals), self.entry_addresses):
             return False  # `.data = ...` or `set_` moved a state tensor
-        if not all(
-            step_usable(t) if like is None else same_strides(t, like)
-            for t, like in zip(entry_locals, self.entry_params)
-        ):
+        if not all(_entry_fits(t, like) for t, like in zip(entry_locals, self.entry_params)):
             return False  # resize_, as_strided_ or set_ in place
         self.writes = TrackedState.writes
         self.use_counts = _use_counts(self.storages)
@@ -246,11 +260,15 @@ def build_plan(
     slot_dtypes = [None] * SLOT_COUNT
     for name, row in zip(slot_names, positions):
         slot_dtypes[row] = local_tensor(param_states[0][name]).dtype if params else None
+    scales = np.zeros((SLOT_COUNT, len(params)), np.int64)
     entries = []
     for column, (state, local) in enumerate(zip(param_states, locals_)):
         for name, row in zip(slot_names, positions):
             slots[row, column] = local_tensor(state[name]).data_ptr()
             entries.append((state, name, local))
+            if slot_dtypes[row] is torch.int8:
+                scales[row, column] = state[name + SCALE_SUFFIX].data_ptr()
+                entries.append((state, name + SCALE_SUFFIX, blocks_of(local)))
     step_addresses = None
     if step_dtype is not None:
         step_addresses = np.array([s["step"].data_ptr() for s in param_states], np.int64)
@@ -275,6 +293,7 @@ def build_plan(
         strided=[i for i, c in enumerate(contiguous) if not c],
         slots=[slots[row] if row in positions else None for row in range(SLOT_COUNT)],
         slot_dtypes=slot_dtypes,
+        scales=[scales[row] if slot_dtypes[row] is torch.int8 else None for row in range(SLOT_COUNT)],
         tensor_ids=np.array(tensor_ids, np.int64),
         step_addresses=step_addresses,
         step_dtype=step_dtype,
@@ -338,6 +357,7 @@ class FusedKernel:
     name: str
     device_type: str
     item_elements: int
+    steps_int8_state: bool = True  # can read and write int8 block state
 
     def __init__(self) -> None:
         self._layouts: dict[int, GroupLayout] = {}
@@ -500,7 +520,12 @@ class FusedKernel:
                 return False
             value = local_tensor(value)
             same_kind = value.dtype is local.dtype or not (value.dtype.is_complex or local.dtype.is_complex)
-            if not (self.supports(value) and same_kind and value.device == local.device and value.shape == local.shape):
+            coded = (self.steps_int8_state and value.dtype is torch.int8 and value.layout is torch.strided
+                     and value.device.type == self.device_type)
+            if not ((self.supports(value) or coded) and same_kind and value.device == local.device
+                    and value.shape == local.shape):
+                return False
+            if coded and not _scales_fit(state.get(name + SCALE_SUFFIX), blocks_of(local)):
                 return False
         return not counts_steps or step_usable(state.get("step"))
 

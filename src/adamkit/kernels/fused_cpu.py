@@ -24,6 +24,7 @@ from adamkit.kernels.fused import (
 )
 from adamkit.kernels.scalar_ops import COMPUTE_TYPES, STORAGE_TYPES
 from adamkit.rules import EXACT, Rule, decay_coefficients
+from adamkit.state import formats
 from adamkit.state.formats import StateSpec
 from adamkit.state import is_dense, local_tensor
 
@@ -34,7 +35,14 @@ _is_cpu = operator.attrgetter("is_cpu")
 
 
 def _like(dtype: torch.dtype) -> np.ndarray:
-    return np.zeros(0, STORAGE_TYPES[storage_dtype(dtype)])
+    return np.zeros(0, np.int8 if dtype is torch.int8 else STORAGE_TYPES[storage_dtype(dtype)])
+
+
+# int8 codes' values by code & 255, unsigned then signed; the octave midpoints (scalar_ops.decode_int8)
+CODEBOOK = (
+    np.concatenate([formats.UNSIGNED_VALUES, np.roll(formats.SIGNED_VALUES, -128)]),
+    formats.OCTAVE_MIDPOINTS.astype(np.int64),
+)
 
 
 def _cast(coefficients, compute):
@@ -76,7 +84,7 @@ class FusedCpuKernel(FusedKernel):
         moved = np.zeros(len(params), np.bool_)
         uniform = (keys == keys[:, :1]).all()
         slot_likes = [like if dtype is None else _like(dtype) for dtype in plan.slot_dtypes]
-        slot_types = tuple(None if dtype is None else storage_dtype(dtype) for dtype in plan.slot_dtypes)
+        slot_types = tuple(plan.slot_dtypes)
         for step, fresh in (keys[:, :1] if uniform else np.unique(keys, axis=1)).T:
             noise = None
             if spec.stochastic:
@@ -93,8 +101,8 @@ class FusedCpuKernel(FusedKernel):
                 changed = np.zeros(len(items), np.bool_) if watch else None
                 loops.run(
                     "fused_pass", (dtype, slot_types, noise is None, watch, type(c)),
-                    c, decay, like, param_addresses, grad_addresses, *plan.slots, *slot_likes, noise, plan.tensor_ids,
-                    items, plan.starts[chosen], plan.ends[chosen], changed,
+                    c, decay, like, param_addresses, grad_addresses, *plan.slots, *slot_likes, *plan.scales,
+                    CODEBOOK, noise, plan.tensor_ids, items, plan.starts[chosen], plan.ends[chosen], changed,
                 )
                 if watch:
                     moved[items[changed]] = True

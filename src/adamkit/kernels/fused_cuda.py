@@ -97,6 +97,7 @@ class FusedCudaKernel(FusedKernel):
     name = "fused_cuda"
     device_type = "cuda"
     item_elements = BLOCK
+    steps_int8_state = False  # not yet: such tensors go to the eager kernel
 
     @classmethod
     def supports(cls, t: Tensor) -> bool:

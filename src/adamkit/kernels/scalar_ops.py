@@ -312,3 +312,106 @@ def _maximum(a, b):
 @overload(clone, inline="always")
 def _clone(x):
     return lambda x: x
+
+
+# int8 block state (adamkit.state.formats): codes, one fp32 scale per 256 values, and a
+# codebook of (values, octave midpoints): values[c & 255] for an unsigned block,
+# values[256 + (c & 255)] for a signed one. Branch-free, so that the loop vectorizes.
+@njit(inline="always")
+def decode_int8(codes, scales, index, codebook):
+    """The fp32 value of code ``index`` (``codes`` an int8 pointer, ``scales`` fp32)."""
+    scale = scales[index >> 8]
+    signed = np.int64(scale < 0)
+    return codebook[0][(np.int64(codes[index]) & 255) + 256 * signed] * abs(scale)
+
+
+@njit(inline="always")
+def encode_int8(value, absmax, signed, midpoints):
+    """The code of ``value`` (fp32) in a block with this scale and code."""
+    ratio = np.float32(abs(value) / absmax)
+    bits = np.int64(_float_bits(ratio))
+    mantissa = bits & 0x7FFFFF
+    position = (
+        np.int64(mantissa >= midpoints[0]) + np.int64(mantissa >= midpoints[1])
+        + np.int64(mantissa >= midpoints[2]) + np.int64(mantissa >= midpoints[3])
+        + np.int64(mantissa >= midpoints[4]) + np.int64(mantissa >= midpoints[5])
+        + np.int64(mantissa >= midpoints[6]) + np.int64(mantissa >= midpoints[7])
+    )
+    code = 255 - 128 * np.int64(signed) + 8 * ((bits >> 23) - 127) + position
+    code *= np.int64(ratio > 0) * np.int64(code >= 1)  # zero, underflow, or NaN from the scale: 0
+    code *= 1 - 2 * np.int64(signed and value < 0)
+    return np.int8(code)
+
+
+@njit  # once per block: a call costs nothing, and inlining it trips numba's SSA check
+def store_int8_block(codes, scales, block, values, count, midpoints):
+    """Code ``values[:count]``, the new values of one block of 256, into int8."""
+    # The largest magnitude, as the largest bit pattern of |value|: an integer maximum
+    # vectorizes, a float one cannot without fast-math; a NaN's pattern wins, as it should.
+    largest = np.uint32(0)
+    negatives = np.int64(0)
+    for k in range(count):
+        bits = _float_bits(np.float32(values[k]))
+        largest = max(largest, bits & np.uint32(0x7FFFFFFF))
+        negatives += np.int64(bits >> np.uint32(31)) * np.int64(values[k] < 0)
+    absmax = _bits_float(largest)
+    signed = negatives > 0
+    scales[block] = -absmax if signed else absmax
+    start = block * 256
+    for k in range(count):
+        codes[start + k] = encode_int8(np.float32(values[k]), absmax, signed, midpoints)
+
+
+# A state slot in a pass: ``slot`` is the pass's argument for it (None if the rule keeps
+# no such state), ``coded`` its int8 scales argument (None unless it is int8). numba
+# compiles each call for what the slot is.
+def read_state(values, scales, coded, index, codebook):
+    """The slot's value at ``index``, in its compute type."""
+
+
+def keep_state(slot, coded, values, index, value, key, held, row, position):
+    """Write the slot's new value: stored at once (rounded as its format says), or held
+    in ``held[row, position]`` until its int8 block is complete."""
+
+
+def finish_block(coded, values, scales, block, held_row, count, midpoints):
+    """Store an int8 slot's held block; nothing for other slots."""
+
+
+@overload(read_state, inline="always")
+def _read_state(values, scales, coded, index, codebook):
+    if isinstance(coded, types.NoneType):
+        return lambda values, scales, coded, index, codebook: load(values, index)
+    return lambda values, scales, coded, index, codebook: decode_int8(values, scales, index, codebook)
+
+
+def _keep_nothing(slot, coded, values, index, value, key, held, row, position):
+    pass
+
+
+def _keep_stored(slot, coded, values, index, value, key, held, row, position):
+    store_state(values, index, value, key)
+
+
+def _keep_held(slot, coded, values, index, value, key, held, row, position):
+    held[row, position] = value
+
+
+@overload(keep_state, inline="always")
+def _keep_state(slot, coded, values, index, value, key, held, row, position):
+    if isinstance(slot, types.NoneType):
+        return _keep_nothing
+    return _keep_stored if isinstance(coded, types.NoneType) else _keep_held
+
+
+def _finish_nothing(coded, values, scales, block, held_row, count, midpoints):
+    pass
+
+
+def _finish_int8(coded, values, scales, block, held_row, count, midpoints):
+    store_int8_block(values, scales, block, held_row, count, midpoints)
+
+
+@overload(finish_block, inline="always")
+def _finish_block(coded, values, scales, block, held_row, count, midpoints):
+    return _finish_nothing if isinstance(coded, types.NoneType) else _finish_int8

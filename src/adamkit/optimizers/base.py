@@ -26,7 +26,9 @@ from adamkit.kernels.fused_cpu import FusedCpuKernel
 from adamkit.kernels.fused_cuda import FusedCudaKernel
 from adamkit.rules import Rule
 from adamkit.state import allocate_flat_state, local_tensor
-from adamkit.state.formats import MIN_ELEMENTS, StateSpec, check_state_dtype
+from adamkit.state.formats import (
+    MIN_ELEMENTS, SCALE_SUFFIX, StateSpec, blocks_of, check_state_dtype, constant_codes, dequantize,
+)
 
 
 _grad_of = operator.attrgetter("grad")
@@ -77,6 +79,21 @@ def check_betas(betas: tuple[float | Tensor, float | Tensor], *, foreach: bool |
                 )
             if beta.numel() != 1:
                 raise ValueError(f"Tensor betas[{index}] must be 1-element")
+
+
+def _in_params_dtype(state: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
+    """A parameter's state as torch keeps it: every state tensor in the parameter's dtype,
+    int8 codes decoded with their scales (which are left out)."""
+    plain = {}
+    for name, value in state.items():
+        if name.endswith(SCALE_SUFFIX) or name == "step" or not torch.is_tensor(value):
+            if not name.endswith(SCALE_SUFFIX):
+                plain[name] = value
+        elif value.dtype is torch.int8:
+            plain[name] = dequantize(value, state[name + SCALE_SUFFIX]).to(dtype)
+        else:
+            plain[name] = value.to(dtype) if value.dtype != dtype else value
+    return plain
 
 
 def _fused_kernels() -> list[FusedKernel]:
@@ -172,7 +189,11 @@ class RuleOptimizer(Optimizer):
         state = {}
         dtype = self.state_spec(group).storage_dtype(param)
         for name, fill in self.state_fills(group).items():
-            if fill is not None:
+            if fill is not None and dtype is torch.int8:
+                code = constant_codes(fill)
+                state[name] = torch.full_like(param, code, dtype=dtype, memory_format=torch.preserve_format)
+                state[name + SCALE_SUFFIX] = torch.full((blocks_of(param),), fill, dtype=torch.float32, device=param.device)
+            elif fill is not None:
                 state[name] = torch.empty_like(param, dtype=dtype, memory_format=torch.preserve_format)
                 (torch.view_as_real(state[name]) if param.is_complex() else state[name]).fill_(fill)
         return state
@@ -243,12 +264,7 @@ class RuleOptimizer(Optimizer):
         state_dict = super().state_dict()
         params = [p for group in self.param_groups for p in group["params"]]
         state_dict["state"] = {
-            index: {
-                name: value.to(params[index].dtype)
-                if not compact and name != "step" and torch.is_tensor(value) and value.dtype != params[index].dtype
-                else value
-                for name, value in state.items()
-            }
+            index: dict(state) if compact else _in_params_dtype(state, params[index].dtype)
             for index, state in state_dict["state"].items()
         }
         if self.state_dtype is not None:
@@ -259,8 +275,20 @@ class RuleOptimizer(Optimizer):
         """torch's ``load_state_dict``, refusing state tensors shaped unlike their
         parameter; then the fused kernel's state moves into flat buffers."""
         self._check_loaded_shapes(state_dict)
+        # torch casts every loaded state tensor to its parameter's dtype: int8 state in its
+        # stored form (codes and fp32 scales) is taken as it is instead.
+        stored = {
+            index: {
+                name: value for name, value in state.items()
+                if name.endswith(SCALE_SUFFIX) or name + SCALE_SUFFIX in state
+            }
+            for index, state in state_dict["state"].items()
+        }
         super().load_state_dict(state_dict)
         self.rounds = state_dict.get("rounds", self.rounds)
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, kept in stored.items():
+            self.state[params[index]].update({name: value.to(params[index].device) for name, value in kept.items()})
         for kernel in self.fused_kernels:
             kernel.forget()
         for group in self.param_groups:
@@ -271,7 +299,8 @@ class RuleOptimizer(Optimizer):
                 state = self.state.get(p)
                 if state and self._fused_takes(p) and all(map(torch.is_tensor, state.values())):
                     step = state.get("step")
-                    key = (p.dtype, tuple(name for name in state if name != "step"), None if step is None else step.dtype)
+                    names = tuple(name for name in state if name != "step" and not name.endswith(SCALE_SUFFIX))
+                    key = (p.dtype, names, None if step is None else step.dtype)
                     batches.setdefault(key, []).append(p)
             storage = self.state_spec(group).storage_dtype
             for (_, names, step_dtype), params in batches.items():
@@ -294,7 +323,13 @@ class RuleOptimizer(Optimizer):
         for index, state in state_dict.get("state", {}).items():
             param = params.get(index)
             for key, value in state.items() if param is not None else ():
-                if torch.is_tensor(value) and key != "step" and value.shape != param.shape:
+                if key.endswith(SCALE_SUFFIX):
+                    if not (torch.is_tensor(value) and value.numel() == blocks_of(param)):
+                        raise ValueError(
+                            f"loaded int8 block scales {key!r} of parameter {index} are not "
+                            f"{blocks_of(param)} values, one per 256 of the parameter's elements"
+                        )
+                elif torch.is_tensor(value) and key != "step" and value.shape != param.shape:
                     raise ValueError(
                         f"loaded state {key!r} of parameter {index} has shape {tuple(value.shape)}, but the "
                         f"parameter has shape {tuple(param.shape)}: this state dict belongs to other parameters "

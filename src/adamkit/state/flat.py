@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from adamkit.state import formats
+
 
 class TrackedState(dict):
     """A parameter's state as torch keeps it, a dict of tensors, that counts writes.
@@ -112,8 +114,10 @@ def allocate_flat_state(
     ``fills`` names the state tensors and their initial value, per real component (a
     complex parameter's state starts at ``fill + fill j``, as torch's Adagrad does);
     ``initial``, if given, holds existing per-parameter values to copy in instead (a
-    loaded checkpoint, rounded to nearest). ``storage`` gives each parameter's state
-    dtype (default: the parameter's own). With ``step_dtype``, each parameter also gets a 0-dim ``step``
+    loaded checkpoint: values rounded to nearest, or coded into int8; int8 state given
+    in its stored form, codes and ``.scale``, is copied as it is). ``storage`` gives
+    each parameter's state dtype (default: the parameter's own); int8 state gets its
+    block scales under ``<name>.scale``. With ``step_dtype``, each parameter also gets a 0-dim ``step``
     view into one buffer of step counts, as torch's 0-dim ``step`` tensors. State
     tensors have the parameter's shape and, for a dense parameter, its strides
     (DTensors for DTensor parameters); each parameter's dict is a ``TrackedState``.
@@ -137,12 +141,28 @@ def allocate_flat_state(
         batches.setdefault((local.device, dtype), []).append(index)
     for (device, dtype), indices in batches.items():
         sizes = [locals_[i].numel() for i in indices]
+        blocks = [formats.blocks_of(locals_[i]) for i in indices]
         for name, fill in fills.items():
+            coded = dtype is torch.int8
             buffer = torch.empty((sum(sizes),), dtype=dtype, device=device)
-            (torch.view_as_real(buffer) if dtype.is_complex else buffer).fill_(fill)
-            for index, chunk in zip(indices, buffer.split(sizes)):
+            (torch.view_as_real(buffer) if dtype.is_complex else buffer).fill_(formats.constant_codes(fill) if coded else fill)
+            scales = torch.full((sum(blocks),), fill, dtype=torch.float32, device=device).split(blocks) if coded else None
+            for n, (index, chunk) in enumerate(zip(indices, buffer.split(sizes))):
                 view = _view_like(chunk, locals_[index])
-                if initial is not None and name in initial[index]:
-                    view.copy_(local_tensor(initial[index][name]))
+                given = initial[index] if initial is not None else {}
+                if coded:
+                    if name + formats.SCALE_SUFFIX in given:  # the stored form: copied as it is
+                        view.copy_(local_tensor(given[name]))
+                        scales[n].copy_(given[name + formats.SCALE_SUFFIX])
+                    elif name in given:
+                        codes, block_scales = formats.quantize(local_tensor(given[name]))
+                        view.copy_(codes)
+                        scales[n].copy_(block_scales)
+                    states[index][name + formats.SCALE_SUFFIX] = scales[n]
+                elif name in given:
+                    loaded = local_tensor(given[name])
+                    if name + formats.SCALE_SUFFIX in given:  # int8 stored form into another format
+                        loaded = formats.dequantize(loaded, given[name + formats.SCALE_SUFFIX])
+                    view.copy_(loaded)
                 states[index][name] = _like_param(view, params[index])
     return states
