@@ -34,7 +34,8 @@ def _excess(m: dict) -> tuple[int, int]:
 
 @pytest.mark.parametrize(
     "optimizer",
-    ["adamkit.Adam", "adamkit.AdamW-amsgrad", "adamkit.SGD-momentum", "adamkit.Adagrad", "adamkit.Yogi"],
+    ["adamkit.Adam", "adamkit.AdamW-amsgrad", "adamkit.SGD-momentum", "adamkit.Adagrad", "adamkit.Yogi",
+     "adamkit.Adam-bf16-state", "adamkit.Adam-int8-state"],
 )
 def test_fused_step_peak_stays_within_one_percent_of_model_and_state(optimizer):
     m = _measure(optimizer)
