@@ -10,10 +10,10 @@ import torch
 
 import adamkit
 from adamkit.cli import build_parser, main
-from adamkit.cli.compare import DEFAULT_LEARNING_RATES
 from adamkit.cli.options import ADAMKIT_OPTIMIZERS, progress_bar
 from adamkit.optimizers.registry import build_optimizer
 from adamkit.problems import PROBLEMS, optimize
+from adamkit.tasks import TASKS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 WORKED_EXAMPLE_STEP_1 = {
@@ -231,16 +231,30 @@ def test_compare_writes_a_png_and_a_csv_ending_at_the_printed_final_losses(capsy
     assert [(name, lr) for name, lr, *_ in table] == [("adam", "0.02"), ("sgd", "0.05")]
     with (tmp_path / "loss_curves.csv").open() as file:
         rows = list(csv.DictReader(file))
-    assert list(rows[0]) == ["optimizer", "lr", "examples", "epoch", "loss"]
-    for name, lr, final_loss, _ in table:
+    assert list(rows[0]) == ["optimizer", "lr", "state_dtype", "examples", "epoch", "loss"]
+    for name, lr, _, final_loss, _ in table:
         curve = [row for row in rows if row["optimizer"] == name]
         assert curve[-1]["lr"] == lr and curve[-1]["examples"] == "1500"
         assert float(curve[-1]["loss"]) == float(final_loss)
         assert [int(row["examples"]) for row in curve] == [*range(200, 1500, 200), 1500]
 
 
-def test_compare_defaults_cover_every_optimizer():
-    assert set(DEFAULT_LEARNING_RATES) == set(ADAMKIT_OPTIMIZERS)
+@pytest.mark.parametrize("task", TASKS)
+def test_every_task_has_a_learning_rate_for_every_optimizer(task):
+    assert set(TASKS[task].learning_rates) == set(ADAMKIT_OPTIMIZERS)
+
+
+def test_compare_state_dtypes_draws_one_curve_per_format(capsys, tmp_path):
+    output = run_cli(capsys, "compare", "--task", "digits", "--optimizers", "adam", "--state-dtype", "fp32,int8",
+                     "--epochs", "1", "--out", str(tmp_path))
+    table = [line.split() for line in output.splitlines()[1:3]]
+    assert [(name, state) for name, _, state, *_ in table] == [("adam", "fp32"), ("adam", "int8")]
+    with (tmp_path / "loss_curves.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    finals = {row["state_dtype"]: float(row["loss"]) for row in rows}  # the last row of each run wins
+    assert finals == {state: float(final) for _, _, state, final, _ in table}
+    assert finals["fp32"] != finals["int8"]  # every tensor's state really was stored in int8
+    assert (tmp_path / "loss_curves.png").read_bytes()[:8] == PNG_SIGNATURE
 
 
 # --- usage errors --------------------------------------------------------------------
@@ -254,6 +268,7 @@ def test_compare_defaults_cover_every_optimizer():
         (["explain", "--problem", "rosenbrok"], "rosenbrok", PROBLEMS),
         (["compare", "--optimizers", "adam,lion"], "lion", ADAMKIT_OPTIMIZERS),
         (["compare", "--lr", "lion=0.1"], "lion", ADAMKIT_OPTIMIZERS),
+        (["compare", "--state-dtype", "fp8"], "fp8", ("fp32", "bf16", "int8")),
         (["trajectories", "--optimizers", "sgdd"], "sgdd", ADAMKIT_OPTIMIZERS),
         (["trajectories", "--problems", "himmelblau"], "himmelblau", PROBLEMS),
     ],

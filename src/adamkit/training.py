@@ -1,8 +1,8 @@
-"""Train a linear regression on the airfoil data, following d2l.ai's optimization chapter.
+"""Train a task's model with an optimizer and record its loss curve.
 
-The protocol (``nn.Linear(5, 1)`` with weights drawn from N(0, 0.01^2), mini-batches
-of 10, loss MSE/2, the whole-data-set loss recorded every 200 examples) is the one
-d2l uses to compare optimizers, so curves from different optimizers line up.
+The protocol is d2l.ai's, from its optimization chapter: mini-batches drawn by a
+seeded shuffle each epoch, and the loss over the whole data set recorded every
+``evaluate_every`` examples, so curves from different optimizers line up.
 """
 
 import time
@@ -13,9 +13,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from adamkit.datasets import load_airfoil
-
-EVALUATE_EVERY_EXAMPLES = 200
+from adamkit.tasks import TASKS, Task
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 LossCallback = Callable[[int, float, float], None]
@@ -41,53 +39,45 @@ class TrainingResult:
     seconds_per_epoch: float
 
 
-def half_mse(predictions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """d2l's squared loss: mean of ``(prediction - target)**2 / 2``.
-
-    >>> half_mse(torch.tensor([[3.0]]), torch.tensor([[1.0]]))
-    tensor(2.)
-    """
-    return ((predictions - targets) ** 2 / 2).mean()
-
-
 def train(
     make_optimizer: OptimizerFactory,
     *,
-    epochs: int = 2,
-    batch_size: int = 10,
+    task: Task | str = "airfoil",
+    epochs: int | None = None,
+    batch_size: int | None = None,
     seed: int = 0,
     data: tuple[torch.Tensor, torch.Tensor] | None = None,
     on_loss: LossCallback | None = None,
     progress: Progress | None = None,
 ) -> TrainingResult:
-    """Train ``nn.Linear`` on ``data`` (default: ``load_airfoil()``) and return its loss curve.
+    """Train ``task``'s model (a ``Task`` or a name in ``adamkit.tasks.TASKS``) and return its loss curve.
 
-    ``make_optimizer(params)`` builds the optimizer. The same ``seed`` gives the same
-    initial weights and the same shuffles, so the same numbers run to run. The loss
-    over the whole data set is recorded each time the count of examples trained on
-    reaches a multiple of 200 (for batch sizes dividing 200, exactly d2l's
-    ``n % 200 == 0``); ``on_loss(examples, epoch, loss)`` is called with each record.
+    ``make_optimizer(params)`` builds the optimizer; ``epochs``, ``batch_size`` and
+    ``data`` default to the task's. The same ``seed`` gives the same initial weights
+    and the same shuffles, so the same numbers run to run. The loss over the whole
+    data set is recorded each time the count of examples trained on reaches a multiple
+    of ``task.evaluate_every`` (for the airfoil task and batch sizes dividing 200,
+    exactly d2l's ``n % 200 == 0``); ``on_loss(examples, epoch, loss)`` is called with
+    each record.
 
     >>> result = train(lambda params: torch.optim.Adam(params, lr=0.01), epochs=1)
     >>> len(result.curve), result.curve[0][0] == 200 / 1500, result.final_loss < 0.3
     (7, True, True)
     """
+    task = TASKS[task] if isinstance(task, str) else task
+    epochs = task.epochs if epochs is None else epochs
+    batch_size = task.batch_size if batch_size is None else batch_size
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
-    features, targets = load_airfoil() if data is None else data
-    n_examples = len(features)
+    inputs, targets = task.load_data() if data is None else data
+    n_examples = len(inputs)
     generator = torch.Generator().manual_seed(seed)
-
-    # skip_init leaves the global RNG alone; all randomness comes from `generator`.
-    model = nn.utils.skip_init(nn.Linear, features.shape[1], targets.shape[1], dtype=features.dtype)
-    with torch.no_grad():
-        nn.init.normal_(model.weight, std=0.01, generator=generator)
-        nn.init.zeros_(model.bias)
+    model = task.build_model(inputs, targets, generator)
     optimizer = make_optimizer(model.parameters())
 
     def loss_on_all_data() -> float:
         with torch.no_grad():
-            return half_mse(model(features), targets).item()
+            return task.loss(model(inputs), targets).item()
 
     curve: list[tuple[float, float]] = []
     examples_seen = 0
@@ -96,7 +86,7 @@ def train(
         order = torch.randperm(n_examples, generator=generator)
         for batch in order.split(batch_size):
             started = time.perf_counter()
-            loss = half_mse(model(features[batch]), targets[batch])
+            loss = task.loss(model(inputs[batch]), targets[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -105,7 +95,7 @@ def train(
             previous_count, examples_seen = examples_seen, examples_seen + len(batch)
             if progress is not None:
                 progress.update(len(batch))
-            if examples_seen // EVALUATE_EVERY_EXAMPLES > previous_count // EVALUATE_EVERY_EXAMPLES:
+            if examples_seen // task.evaluate_every > previous_count // task.evaluate_every:
                 epoch, loss_value = examples_seen / n_examples, loss_on_all_data()
                 curve.append((epoch, loss_value))
                 if on_loss is not None:

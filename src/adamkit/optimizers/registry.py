@@ -12,7 +12,7 @@ from adamkit.optimizers import SGD, Adagrad, Adam, AdamW, RMSprop, Yogi
 _FACTORIES: dict[str, Callable[..., Optimizer]] = {
     "adam": Adam,
     "adamw": AdamW,
-    "amsgrad": lambda params, lr: Adam(params, lr=lr, amsgrad=True),
+    "amsgrad": lambda params, **options: Adam(params, amsgrad=True, **options),
     "yogi": Yogi,
     "sgd": SGD,
     "rmsprop": RMSprop,
@@ -23,10 +23,11 @@ _FACTORIES: dict[str, Callable[..., Optimizer]] = {
 OPTIMIZER_NAMES: tuple[str, ...] = tuple(_FACTORIES)
 
 
-def build_optimizer(name: str, params: Iterable, lr: float) -> Optimizer:
+def build_optimizer(name: str, params: Iterable, lr: float, state_dtype: str | None = None) -> Optimizer:
     """Build the optimizer called ``name`` over ``params`` with learning rate ``lr``.
 
-    ``torch-adam`` is ``torch.optim.Adam`` itself, for comparison runs.
+    ``torch-adam`` is ``torch.optim.Adam`` itself, for comparison runs; it keeps its
+    state in the parameters' dtype, so it takes no ``state_dtype``.
 
     >>> import torch
     >>> build_optimizer("adam", [torch.nn.Parameter(torch.zeros(1))], lr=0.1).defaults["lr"]
@@ -38,4 +39,8 @@ def build_optimizer(name: str, params: Iterable, lr: float) -> Optimizer:
         raise ValueError(
             f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZER_NAMES)}"
         ) from None
-    return factory(params, lr=lr)
+    if state_dtype is None:
+        return factory(params, lr=lr)
+    if name == "torch-adam":
+        raise ValueError(f"torch-adam keeps its state in the parameters' dtype, not {state_dtype!r}; use adam")
+    return factory(params, lr=lr, state_dtype=state_dtype)

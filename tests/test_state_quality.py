@@ -1,0 +1,66 @@
+"""Low-precision state trains as well as fp32 state: the final loss of the same run
+(same seed, weights and batches) within 1% for bf16 and 2% for int8.
+
+Every tensor's state is stored in the format under test, small ones too
+(``low_precision_min_elements = 0``), as ``adamkit compare --state-dtype`` does;
+with the default threshold the airfoil model would keep fp32 state throughout.
+The default suite runs short versions; ``-m slow`` runs each task as long as
+``adamkit compare`` does.
+"""
+
+import pytest
+
+import adamkit
+from adamkit.tasks import TASKS
+from adamkit.training import train
+
+TOLERANCE = {"bf16": 0.01, "int8": 0.02}
+
+# SGD with momentum, as plain SGD keeps no state.
+ALGORITHMS = {
+    "adam": lambda params, **options: adamkit.Adam(params, **options),
+    "amsgrad": lambda params, **options: adamkit.Adam(params, amsgrad=True, **options),
+    "adamw": lambda params, **options: adamkit.AdamW(params, **options),
+    "yogi": lambda params, **options: adamkit.Yogi(params, **options),
+    "rmsprop": lambda params, **options: adamkit.RMSprop(params, centered=True, **options),
+    "sgd": lambda params, **options: adamkit.SGD(params, momentum=0.9, **options),
+}
+MOMENTUM_SGD_RATES = {"airfoil": 0.005, "digits": 0.03, "chars": 0.03}
+
+
+def final_losses(task: str, algorithm: str, epochs: int) -> dict[str, float]:
+    lr = MOMENTUM_SGD_RATES[task] if algorithm == "sgd" else TASKS[task].learning_rates[algorithm]
+    losses = {}
+    for state_dtype in ("fp32", "bf16", "int8"):
+        def build(params):
+            optimizer = ALGORITHMS[algorithm](params, lr=lr, state_dtype=state_dtype)
+            optimizer.low_precision_min_elements = 0
+            return optimizer
+
+        losses[state_dtype] = train(build, task=task, epochs=epochs, seed=0).final_loss
+    return losses
+
+
+def check_within_tolerance(losses: dict[str, float]) -> None:
+    for state_dtype, tolerance in TOLERANCE.items():
+        change = losses[state_dtype] / losses["fp32"] - 1
+        assert abs(change) <= tolerance, f"{state_dtype}: {change:+.2%} from fp32 ({losses})"
+    assert losses["int8"] != losses["fp32"]  # the state really went through the int8 format
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_every_algorithm_trains_the_airfoil_model_as_with_fp32_state(algorithm):
+    check_within_tolerance(final_losses("airfoil", algorithm, epochs=2))
+
+
+@pytest.mark.parametrize("task, epochs", [("digits", 5), ("chars", 1)])
+def test_adam_trains_the_classifier_and_the_transformer_as_with_fp32_state(task, epochs):
+    check_within_tolerance(final_losses(task, "adam", epochs))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("task", ["digits", "chars"])
+def test_full_length_runs_train_as_with_fp32_state(task, algorithm):
+    check_within_tolerance(final_losses(task, algorithm, TASKS[task].epochs))
+
