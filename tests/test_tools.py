@@ -269,6 +269,7 @@ def test_compare_state_dtypes_draws_one_curve_per_format(capsys, tmp_path):
         (["compare", "--optimizers", "adam,lion"], "lion", ADAMKIT_OPTIMIZERS),
         (["compare", "--lr", "lion=0.1"], "lion", ADAMKIT_OPTIMIZERS),
         (["compare", "--state-dtype", "fp8"], "fp8", ("fp32", "bf16", "int8")),
+        (["bench", "--state-dtype", "fp8"], "fp8", ("fp32", "bf16", "int8")),
         (["trajectories", "--optimizers", "sgdd"], "sgdd", ADAMKIT_OPTIMIZERS),
         (["trajectories", "--problems", "himmelblau"], "himmelblau", PROBLEMS),
     ],
@@ -337,6 +338,15 @@ def test_bench_table_shows_speedups_against_adamkit(capsys):
     assert lines[0].startswith("machine: ") and "stream bandwidth" in lines[1]
     fused = next(line for line in lines if "torch fused" in line)
     assert fused.rstrip().endswith("x")
+
+
+def test_bench_state_dtype_adds_one_row_per_format(capsys):
+    main(["bench", "--sizes", "2x5000", "--repeats", "1", "--warmup", "1", "--implementations", "torch fused",
+          "--state-dtype", "bf16,int8", "--json"])
+    rows = json.loads(capsys.readouterr().out)["results"]
+    assert [row["implementation"] for row in rows] == ["torch fused", "adamkit bf16 state", "adamkit int8 state"]
+    bytes_moved = {row["implementation"]: row["gb_per_s"] * row["ms"] for row in rows}
+    assert bytes_moved["adamkit int8 state"] < bytes_moved["adamkit bf16 state"] < bytes_moved["torch fused"]
 
 
 def test_bench_times_every_implementation_on_the_same_parameters():

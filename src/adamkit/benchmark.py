@@ -33,12 +33,15 @@ DEFAULT_SHAPES = ("4x4194304", "4x16777216", "2000x4096")
 DEFAULT_IMPLEMENTATIONS = ("adamkit", "torch for-loop", "torch foreach", "torch fused")
 IMPLEMENTATIONS: dict[str, Callable] = {
     "adamkit": lambda params: adamkit.Adam(params, lr=1e-3),
+    "adamkit fp32 state": lambda params: adamkit.Adam(params, lr=1e-3, state_dtype="fp32"),
     "adamkit bf16 state": lambda params: adamkit.Adam(params, lr=1e-3, state_dtype="bf16"),
     "adamkit int8 state": lambda params: adamkit.Adam(params, lr=1e-3, state_dtype="int8"),
     "torch for-loop": lambda params: torch.optim.Adam(params, lr=1e-3, foreach=False),
     "torch foreach": lambda params: torch.optim.Adam(params, lr=1e-3, foreach=True),
     "torch fused": lambda params: torch.optim.Adam(params, lr=1e-3, fused=True),
 }
+
+STATE_DTYPE_IMPLEMENTATIONS = {name: f"adamkit {name} state" for name in ("fp32", "bf16", "int8")}
 
 
 @dataclass(frozen=True)
@@ -200,7 +203,7 @@ def run(
         checks = times.pop("adamkit checks", None)
         for name, ms in times.items():
             # param, grad read and param written; m and v read and written (bf16 state: 2 bytes each)
-            state_size = {"bf16 state": 2, "int8 state": 1 + 4 / 256}.get(name.removeprefix("adamkit "), element_size)
+            state_size = {"fp32 state": 4, "bf16 state": 2, "int8 state": 1 + 4 / 256}.get(name.removeprefix("adamkit "), element_size)
             moved = (3 * element_size + 4 * state_size) * shape.params
             result = Result(shape.label, str(dtype).removeprefix("torch."), name, ms, moved / ms / 1e6)
             if name == "adamkit":

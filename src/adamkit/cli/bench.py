@@ -9,7 +9,7 @@ import torch
 
 from adamkit import benchmark
 from adamkit.cli.errors import CommandError
-from adamkit.cli.options import positive_int
+from adamkit.cli.options import check_names, name_list, positive_int
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -31,6 +31,9 @@ def register(subparsers) -> None:
     parser.add_argument("--implementations", nargs="+", default=list(benchmark.DEFAULT_IMPLEMENTATIONS),
                         choices=list(benchmark.IMPLEMENTATIONS), metavar="NAME",
                         help=f"any of: {', '.join(repr(name) for name in benchmark.IMPLEMENTATIONS)}")
+    parser.add_argument("--state-dtype", type=name_list, default=[], metavar="A,B,...",
+                        help=f"also time adamkit with its state stored in these formats, any of "
+                        f"{','.join(benchmark.STATE_DTYPE_IMPLEMENTATIONS)} (fp32 is plain 'adamkit' on fp32 parameters)")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
     parser.set_defaults(run=run)
 
@@ -45,9 +48,13 @@ def run(args: argparse.Namespace) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
         numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    check_names("state dtype", args.state_dtype, list(benchmark.STATE_DTYPE_IMPLEMENTATIONS))
+    implementations = list(dict.fromkeys(
+        args.implementations + [benchmark.STATE_DTYPE_IMPLEMENTATIONS[name] for name in args.state_dtype]
+    ))
     dtype = DTYPES[args.dtype]
     bandwidth = benchmark.stream_bandwidth(max(s.params for s in shapes), device=args.device)
-    results = benchmark.run(shapes, dtype, args.implementations, args.repeats, args.warmup, args.device)
+    results = benchmark.run(shapes, dtype, implementations, args.repeats, args.warmup, args.device)
     machine = benchmark.machine(args.device)
     if args.json:
         print(json.dumps({"machine": machine, "device": args.device, "stream_gb_per_s": bandwidth,
