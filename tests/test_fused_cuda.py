@@ -125,21 +125,21 @@ from adamkit.rules import adam, adagrad, rmsprop, sgd, yogi
 instructions = {}
 for rule in (adam, yogi, sgd, rmsprop, adagrad):
     loops = triton_loops_for(rule)
-    # (parameter storage, state storage, compute): torch's formats, and fp32 parameters with bf16 state
+    # (parameter storage, state storage, compute): torch's formats, and fp32 parameters with bf16 and int8 state
     for storage, state, compute in (("fp32", "fp32", "fp32"), ("bf16", "bf16", "fp32"), ("fp16", "fp16", "fp32"),
-                                    ("fp64", "fp64", "fp64"), ("fp32", "bf16", "fp32")):
-        names = dict(fp32=tl.float32, bf16=tl.bfloat16, fp16=tl.float16, fp64=tl.float64)
+                                    ("fp64", "fp64", "fp64"), ("fp32", "bf16", "fp32"), ("fp32", "int8", "fp32")):
+        names = dict(fp32=tl.float32, bf16=tl.bfloat16, fp16=tl.float16, fp64=tl.float64, int8=tl.int8)
         signature = dict(tables="*i64", elements="*i64", block_tensor="*i32", block_start="*i64",
                          coefficients="*" + compute, decay_coefficients="*" + compute, flags="*i32", count="i32",
-                         tensor_ids="*i64", noise_seed="i32", noise_round="i32")
-        stochastic = storage != state
+                         tensor_ids="*i64", noise_seed="i32", noise_round="i32", codebook="*fp32", midpoints="*i32")
+        stochastic = state == "bf16" and storage != state
         constants = dict(STORAGE=names[storage], COMPUTE=names[compute], SLOT0=names[state], SLOT1=names[state],
                          SLOT2=names[state], WATCH=True, BLOCK=2048, STOCHASTIC=stochastic)
         signature.update(dict.fromkeys(constants, "constexpr"))
         source = triton.compiler.ASTSource(loops.fused_pass, signature=signature, constexprs=constants)
         ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(enable_fp_fusion=False)).asm["ptx"]
         found = re.findall(r"\\b((?:add|sub|mul|div|sqrt|fma|rcp|rsqrt|ex2|lg2)(?:\\.[a-z0-9]+)+)", ptx)
-        instructions[rule.name + "-" + storage + ("-stochastic" if stochastic else "")] = sorted(
+        instructions[rule.name + "-" + storage + "-" + state + "-state"] = sorted(
             {i for i in found if re.search(r"\\.f(32|64)$", i)})
 print(json.dumps(instructions))
 """
@@ -158,9 +158,9 @@ def test_pass_compiles_for_an_h100_with_correctly_rounded_operations_only():
     import json
 
     instructions = json.loads(completed.stdout.splitlines()[-1])
-    assert len(instructions) == 5 * 5
+    assert len(instructions) == 5 * 6
     for name, found in instructions.items():
-        width = "f64" if name.endswith("fp64") else "f32"
+        width = "f64" if "fp64" in name else "f32"
         assert found and all(re.fullmatch(rf"(add|sub|mul|div|sqrt|fma)\.rn\.{width}", i) for i in found), (name, found)
         if not name.startswith("sgd"):
             assert {f"div.rn.{width}", f"sqrt.rn.{width}", f"fma.rn.{width}"} <= set(found), (name, found)
@@ -236,14 +236,16 @@ def test_a_group_with_tensors_of_two_devices_uses_both_kernels(monkeypatch):
     assert optimizer.last_step_kernels == {"fused_cuda": 1, "fused_cpu": 1}
 
 
+@pytest.mark.parametrize("state_dtype", ["bf16", "int8"])
 @pytest.mark.parametrize("cls,kwargs", [(adamkit.Adam, dict(amsgrad=True)), (adamkit.SGD, dict(momentum=0.9)),
                                         (adamkit.RMSprop, dict(centered=True))])
-def test_bf16_state_rounds_stochastically_as_on_the_cpu(cls, kwargs, cuda_kernel_on_cpu, monkeypatch):
-    """The same seed gives the same bits in the CUDA pass as in the CPU pass."""
+def test_low_precision_state_is_stored_as_on_the_cpu(cls, kwargs, state_dtype, cuda_kernel_on_cpu, monkeypatch):
+    """The same bits in the CUDA pass as in the CPU pass: bf16 rounded stochastically
+    under the same seed, int8 coded in the same blocks (a tensor's last block partial)."""
     def run():
         g = torch.Generator().manual_seed(0)
         params = [torch.nn.Parameter(torch.randn(5000, generator=g)), torch.nn.Parameter(torch.randn(70, 80, generator=g))]
-        optimizer = cls(params, lr=0.01, state_dtype="bf16", state_seed=9, **kwargs)
+        optimizer = cls(params, lr=0.01, state_dtype=state_dtype, state_seed=9, **kwargs)
         for _ in range(4):
             for p in params:
                 p.grad = torch.randn(p.shape, generator=g)
@@ -254,5 +256,6 @@ def test_bf16_state_rounds_stochastically_as_on_the_cpu(cls, kwargs, cuda_kernel
     monkeypatch.setattr(base, "_fused_kernels", lambda: [FusedCpuKernel()])
     cpu = run()
     assert cuda[1].last_step_kernels == {"fused_cuda": 2}
-    assert cuda[1].state[cuda[0][0]][next(iter(cuda[1].state_fills(cuda[1].param_groups[0])))].dtype == torch.bfloat16
+    stored = cuda[1].state[cuda[0][0]][next(iter(cuda[1].state_fills(cuda[1].param_groups[0])))].dtype
+    assert stored == {"bf16": torch.bfloat16, "int8": torch.int8}[state_dtype]
     assert_bitwise_equal(cpu[0], cuda[0], cpu[1], cuda[1])

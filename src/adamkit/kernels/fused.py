@@ -357,7 +357,6 @@ class FusedKernel:
     name: str
     device_type: str
     item_elements: int
-    steps_int8_state: bool = True  # can read and write int8 block state
 
     def __init__(self) -> None:
         self._layouts: dict[int, GroupLayout] = {}
@@ -520,8 +519,7 @@ class FusedKernel:
                 return False
             value = local_tensor(value)
             same_kind = value.dtype is local.dtype or not (value.dtype.is_complex or local.dtype.is_complex)
-            coded = (self.steps_int8_state and value.dtype is torch.int8 and value.layout is torch.strided
-                     and value.device.type == self.device_type)
+            coded = value.dtype is torch.int8 and value.layout is torch.strided and value.device.type == self.device_type
             if not ((self.supports(value) or coded) and same_kind and value.device == local.device
                     and value.shape == local.shape):
                 return False

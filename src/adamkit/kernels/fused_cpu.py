@@ -39,10 +39,7 @@ def _like(dtype: torch.dtype) -> np.ndarray:
 
 
 # int8 codes' values by code & 255, unsigned then signed; the octave midpoints (scalar_ops.decode_int8)
-CODEBOOK = (
-    np.concatenate([formats.UNSIGNED_VALUES, np.roll(formats.SIGNED_VALUES, -128)]),
-    formats.OCTAVE_MIDPOINTS.astype(np.int64),
-)
+CODEBOOK = (formats.CODE_VALUES, formats.OCTAVE_MIDPOINTS.astype(np.int64))
 
 
 def _cast(coefficients, compute):

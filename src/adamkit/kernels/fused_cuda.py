@@ -26,10 +26,10 @@ from torch import Tensor
 
 from adamkit.kernels.fused import FusedKernel, FusedPlan, storage_dtype
 from adamkit.rules import EXACT, Rule, decay_coefficients
-from adamkit.state.formats import StateSpec
+from adamkit.state.formats import CODE_VALUES, OCTAVE_MIDPOINTS, StateSpec
 
 BLOCK = 2048
-ROWS = 5  # parameter, gradient, three state slots
+ROWS = 8  # parameter, gradient, three state slots, their int8 scales
 _TRITON_DTYPES = {}  # torch dtype -> triton dtype, filled on first use
 
 
@@ -49,6 +49,7 @@ def _triton_dtype(dtype: torch.dtype):
 
         _TRITON_DTYPES.update({
             torch.float32: tl.float32, torch.float64: tl.float64, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16,
+            torch.int8: tl.int8,
         })
     return _TRITON_DTYPES[dtype]
 
@@ -69,7 +70,7 @@ class _Tables:
         device = plan.device
         rows = np.zeros((ROWS, len(plan.params)), np.int64)
         rows[0], rows[1] = addresses
-        for row, slot in enumerate(plan.slots, start=2):
+        for row, slot in enumerate(plan.slots + plan.scales, start=2):
             if slot is not None:
                 rows[row] = slot
         self.grad_addresses = addresses[1]
@@ -78,6 +79,8 @@ class _Tables:
         self.block_tensor = _upload(plan.items.astype(np.int32), device, torch.int32)
         self.block_start = _upload(plan.starts, device, torch.int64)
         self.tensor_ids = _upload(plan.tensor_ids, device, torch.int64)
+        self.codebook = _upload(CODE_VALUES, device, torch.float32)
+        self.midpoints = _upload(OCTAVE_MIDPOINTS, device, torch.int32)
         self.flags = torch.zeros(2 * len(plan.params), dtype=torch.int32, device=device)
         self.flags_on_host: Tensor | None = None
         self.flags_ready: torch.cuda.Event | None = None
@@ -97,7 +100,6 @@ class FusedCudaKernel(FusedKernel):
     name = "fused_cuda"
     device_type = "cuda"
     item_elements = BLOCK
-    steps_int8_state = False  # not yet: such tensors go to the eager kernel
 
     @classmethod
     def supports(cls, t: Tensor) -> bool:
@@ -140,6 +142,7 @@ class FusedCudaKernel(FusedKernel):
                 tables.addresses, tables.elements, block_tensor, block_start, values, values[len(c):],
                 tables.flags, len(plan.params), tables.tensor_ids,
                 spec.seed & 0xFFFFFFFF, int(step if counts_steps else spec.rounds) & 0xFFFFFFFF,
+                tables.codebook, tables.midpoints,
                 STORAGE=_triton_dtype(dtype), COMPUTE=_triton_dtype(compute),
                 SLOT0=slot_types[0], SLOT1=slot_types[1], SLOT2=slot_types[2],
                 WATCH=report_moved, BLOCK=self.item_elements, STOCHASTIC=spec.stochastic, enable_fp_fusion=False,

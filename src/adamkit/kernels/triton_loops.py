@@ -8,7 +8,7 @@ it is, this module binds Adam.
 One launch steps every tensor of a plan: program ``i`` takes block ``i`` of
 ``BLOCK`` elements, finds its tensor and offset in the plan's block tables, and reads
 the tensor's addresses from the address table (parameter, gradient, up to three state
-slots). Coefficients come from a small tensor of the compute dtype (fp32 or fp64;
+slots, and the block scales of int8 slots). Coefficients come from a small tensor of the compute dtype (fp32 or fp64;
 Triton passes Python floats as fp32): the rule's, then the weight-decay transform's.
 """
 
@@ -42,39 +42,62 @@ _update = triton.jit(bind(rule_update, triton_ops, tl=tl))
 _decay = triton.jit(bind(maximize_and_weight_decay, triton_ops, tl=tl))
 
 
+SCALE_ROWS = tl.constexpr(3)  # an int8 slot's scales: the slot's row + SCALE_ROWS in the address table
+
+
 @triton.jit
-def _slot(tables, row: tl.constexpr, t, count, offsets, mask, STORAGE: tl.constexpr, COMPUTE: tl.constexpr):
+def _slot(tables, row: tl.constexpr, t, count, offsets, mask, STORAGE: tl.constexpr, COMPUTE: tl.constexpr, codebook):
     pointer = tl.load(tables + row * count + t).to(tl.pointer_type(STORAGE))
-    return pointer, tl.load(pointer + offsets, mask=mask).to(COMPUTE)
+    stored = tl.load(pointer + offsets, mask=mask)
+    if STORAGE == tl.int8:
+        scales = tl.load(tables + (row + SCALE_ROWS) * count + t).to(tl.pointer_type(tl.float32))
+        return pointer, triton_ops.decode_int8(stored, tl.load(scales + (offsets >> 8), mask=mask), codebook).to(COMPUTE)
+    return pointer, stored.to(COMPUTE)
+
+
+@triton.jit
+def _keep(tables, row: tl.constexpr, t, count, pointer, value, offsets, mask, STORAGE: tl.constexpr, key,
+          STOCHASTIC: tl.constexpr, midpoints, BLOCK: tl.constexpr):
+    if STORAGE == tl.int8:
+        codes, block_scales = triton_ops.encode_int8(value, mask, midpoints, BLOCK)
+        tl.store(pointer + offsets, codes, mask=mask)
+        scales = tl.load(tables + (row + SCALE_ROWS) * count + t).to(tl.pointer_type(tl.float32))
+        first = tl.min(offsets, axis=0)  # the block's start, a multiple of 256
+        blocks = tl.arange(0, BLOCK // 256)
+        ends = tl.max(tl.where(mask, offsets, -1), axis=0)
+        tl.store(scales + (first >> 8) + blocks, block_scales, mask=first + 256 * blocks <= ends)
+    else:
+        tl.store(pointer + offsets, triton_ops.to_state(value, STORAGE, key, offsets, STOCHASTIC), mask=mask)
 
 
 @triton.jit
 def fused_pass(
     tables, elements, block_tensor, block_start, coefficients, decay_coefficients, flags, count,
-    tensor_ids, noise_seed, noise_round,
+    tensor_ids, noise_seed, noise_round, codebook, midpoints,
     STORAGE: tl.constexpr, COMPUTE: tl.constexpr,
     SLOT0: tl.constexpr, SLOT1: tl.constexpr, SLOT2: tl.constexpr, WATCH: tl.constexpr, BLOCK: tl.constexpr,
     STOCHASTIC: tl.constexpr,
 ):
     """Step one block. ``SLOT0``...``SLOT2`` are the slots' storage dtypes, None for a
     slot the parameters lack (not read or written; the rule gets the gradient in its
-    place and never uses it). With ``STOCHASTIC``, bf16 state is rounded stochastically,
-    keyed by the seed, the step and the tensor's id. With ``WATCH``, ``flags[2t]`` is
-    set if any gradient element of tensor t is nonzero, ``flags[2t + 1]`` if any
-    parameter element changed (as stored)."""
+    place and never uses it). An int8 slot is decoded with ``codebook`` and coded
+    with the octave ``midpoints``, a block of 256 at a time. With ``STOCHASTIC``, bf16
+    state is rounded stochastically, keyed by the seed, the step and the tensor's id.
+    With ``WATCH``, ``flags[2t]`` is set if any gradient element of tensor t is nonzero,
+    ``flags[2t + 1]`` if any parameter element changed (as stored)."""
     block = tl.program_id(0)
     t = tl.load(block_tensor + block)
     offsets = tl.load(block_start + block) + tl.arange(0, BLOCK)
     mask = offsets < tl.load(elements + t)
-    param_pointer, old = _slot(tables, 0, t, count, offsets, mask, STORAGE, COMPUTE)
-    grad_pointer, grad = _slot(tables, 1, t, count, offsets, mask, STORAGE, COMPUTE)
+    param_pointer, old = _slot(tables, 0, t, count, offsets, mask, STORAGE, COMPUTE, codebook)
+    grad_pointer, grad = _slot(tables, 1, t, count, offsets, mask, STORAGE, COMPUTE, codebook)
     s0, s1, s2 = grad, grad, grad
     if SLOT0 is not None:
-        s0_pointer, s0 = _slot(tables, 2, t, count, offsets, mask, SLOT0, COMPUTE)
+        s0_pointer, s0 = _slot(tables, 2, t, count, offsets, mask, SLOT0, COMPUTE, codebook)
     if SLOT1 is not None:
-        s1_pointer, s1 = _slot(tables, 3, t, count, offsets, mask, SLOT1, COMPUTE)
+        s1_pointer, s1 = _slot(tables, 3, t, count, offsets, mask, SLOT1, COMPUTE, codebook)
     if SLOT2 is not None:
-        s2_pointer, s2 = _slot(tables, 4, t, count, offsets, mask, SLOT2, COMPUTE)
+        s2_pointer, s2 = _slot(tables, 4, t, count, offsets, mask, SLOT2, COMPUTE, codebook)
     tensor_id = tl.load(tensor_ids + t)
     new, decayed_grad = _decay(old, grad, load_decay(decay_coefficients))
     new, y0, y1, y2 = _update(new, decayed_grad, s0, s1, s2, load_coefficients(coefficients))
@@ -82,13 +105,13 @@ def fused_pass(
     tl.store(param_pointer + offsets, stored, mask=mask)
     if SLOT0 is not None:
         key = triton_ops.noise_key(noise_seed, noise_round, tensor_id, 0)
-        tl.store(s0_pointer + offsets, triton_ops.to_state(y0, SLOT0, key, offsets, STOCHASTIC), mask=mask)
+        _keep(tables, 2, t, count, s0_pointer, y0, offsets, mask, SLOT0, key, STOCHASTIC, midpoints, BLOCK)
     if SLOT1 is not None:
         key = triton_ops.noise_key(noise_seed, noise_round, tensor_id, 1)
-        tl.store(s1_pointer + offsets, triton_ops.to_state(y1, SLOT1, key, offsets, STOCHASTIC), mask=mask)
+        _keep(tables, 3, t, count, s1_pointer, y1, offsets, mask, SLOT1, key, STOCHASTIC, midpoints, BLOCK)
     if SLOT2 is not None:
         key = triton_ops.noise_key(noise_seed, noise_round, tensor_id, 2)
-        tl.store(s2_pointer + offsets, triton_ops.to_state(y2, SLOT2, key, offsets, STOCHASTIC), mask=mask)
+        _keep(tables, 4, t, count, s2_pointer, y2, offsets, mask, SLOT2, key, STOCHASTIC, midpoints, BLOCK)
     if WATCH:
         nonzero = tl.max(((grad != 0) & mask).to(tl.int32), axis=0)
         changed = tl.max(((stored.to(COMPUTE) != old) & mask).to(tl.int32), axis=0)

@@ -111,3 +111,41 @@ def to_state(value, STORAGE: tl.constexpr, key, offsets, STOCHASTIC: tl.constexp
         rounded = tl.where(value != value, tl.full(rounded.shape, 0x7FC0, tl.uint16), rounded)
         return rounded.to(tl.bfloat16, bitcast=True)
     return to_storage(value, STORAGE)
+
+
+# int8 block state (adamkit.state.formats), as scalar_ops stores it on the CPU: codes,
+# one fp32 scale per 256 values (negative for a signed block) and a codebook of the
+# codes' values by ``code & 255``, unsigned then signed.
+@triton.jit
+def decode_int8(codes, scales, codebook):
+    """fp32 values of ``codes`` (int8) in blocks with these ``scales`` (one per element)."""
+    index = (codes.to(tl.int32) & 255) + 256 * (scales < 0).to(tl.int32)
+    return tl.load(codebook + index) * tl.abs(scales)
+
+
+@triton.jit
+def encode_int8(values, mask, midpoints, BLOCK: tl.constexpr):
+    """``(codes, scales)``: ``values`` (``BLOCK`` of them, 256-aligned) coded blockwise
+    as ``scalar_ops.store_int8_block`` codes them; the elements outside ``mask`` are left
+    out of each block's scale."""
+    narrow = values.to(tl.float32)
+    bits = narrow.to(tl.uint32, bitcast=True)
+    magnitude_bits = tl.where(mask, bits & 0x7FFFFFFF, 0)
+    negative = mask & ((bits >> 31) == 1) & (values < 0)
+    # The largest magnitude as the largest bit pattern, a NaN's included, as on the CPU.
+    largest = tl.max(tl.reshape(magnitude_bits, (BLOCK // 256, 256)), axis=1)
+    signed = tl.max(tl.reshape(negative.to(tl.int32), (BLOCK // 256, 256)), axis=1)
+    absmax = largest.to(tl.float32, bitcast=True)
+    scales = tl.where(signed != 0, -absmax, absmax)
+
+    element_absmax = tl.reshape(tl.broadcast_to(absmax[:, None], (BLOCK // 256, 256)), (BLOCK,))
+    element_signed = tl.reshape(tl.broadcast_to(signed[:, None], (BLOCK // 256, 256)), (BLOCK,))
+    # An all-zero block's ratios are 0 (the CPU's 0 / 0 gives NaN, coded 0 all the same).
+    ratio = tl.div_rn(tl.abs(narrow), tl.where(element_absmax == 0, 1.0, element_absmax))
+    ratio_bits = ratio.to(tl.int32, bitcast=True)
+    mantissa = ratio_bits & 0x7FFFFF
+    position = tl.sum((mantissa[:, None] >= tl.load(midpoints + tl.arange(0, 8))[None, :]).to(tl.int32), axis=1)
+    code = 255 - 128 * element_signed + 8 * ((ratio_bits >> 23) - 127) + position
+    code = tl.where((ratio > 0) & (code >= 1), code, 0)
+    code = tl.where((element_signed != 0) & (narrow < 0), -code, code)
+    return (code & 255).to(tl.uint8).to(tl.int8, bitcast=True), scales

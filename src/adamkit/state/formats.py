@@ -42,6 +42,8 @@ SCALE_SUFFIX = ".scale"  # an int8 slot's block scales live in the state under "
 # code is sign(c) 2^((|c| - 127) / 8), code 0 is 0 (-128 is never written).
 UNSIGNED_VALUES = np.array([0.0] + [2.0 ** ((n - 255) / 8) for n in range(1, 256)], np.float32)
 SIGNED_VALUES = np.array([-1.0] + [np.sign(c) * 2.0 ** ((abs(c) - 127) / 8) if c else 0.0 for c in range(-127, 128)], np.float32)
+# The value of each code, by ``code & 255``: the unsigned code's, then the signed code's.
+CODE_VALUES = np.concatenate([UNSIGNED_VALUES, np.roll(SIGNED_VALUES, -128)])
 # A ratio's place within its octave: how many of these mantissas (the midpoints between
 # the octave's eight codes, 2^(j/8) and 2^((j+1)/8)) it reaches.
 OCTAVE_MIDPOINTS = np.array(
