@@ -200,3 +200,40 @@ def test_fp32_state_for_bf16_parameters():
 def test_an_unknown_state_dtype_is_refused_by_name():
     with pytest.raises(ValueError, match="Invalid state_dtype: 'fp8'"):
         adamkit.Adam(_params(), state_dtype="fp8")
+
+
+def test_cpu_int8_codec_agrees_with_the_formats_for_every_code_and_special_values():
+    """The fused CPU pass codes and decodes with integer arithmetic, not the formats'
+    tables; both must give the same bits."""
+    import numpy as np
+    from numba import njit
+
+    from adamkit.kernels.scalar_ops import int8_value, store_int8_block
+
+    @njit
+    def decode(codes, scale, out):
+        for i in range(codes.shape[0]):
+            out[i] = int8_value(codes[i], scale)
+
+    codes = torch.arange(-128, 128, dtype=torch.int16).to(torch.int8)
+    for scale in (1.5, -1.5, 0.0, float("nan")):
+        ours = np.empty(256, np.float32)
+        decode(codes.numpy(), np.float32(scale), ours)
+        expected = formats.dequantize(codes, torch.tensor([scale]))
+        assert torch.equal(torch.from_numpy(ours).view(torch.int32), expected.view(torch.int32)), scale
+
+    g = torch.Generator().manual_seed(0)
+    magnitudes = torch.randn(256, generator=g).abs() * torch.logspace(-40, 2, 256, dtype=torch.float64).float()
+    blocks = [
+        magnitudes,
+        magnitudes * torch.where(torch.rand(256, generator=g) < 0.5, -1.0, 1.0),
+        torch.zeros(256),
+        torch.tensor([-0.0, 1e-45, 3.0, float("inf")] + [1.0] * 252),
+        torch.tensor([1.0, float("nan"), -2.0] + [0.5] * 253),
+    ]
+    for values in blocks:
+        codes, scales = np.empty(256, np.int8), np.empty(1, np.float32)
+        store_int8_block(codes, scales, 0, values.numpy(), 256)
+        expected_codes, expected_scales = formats.quantize(values)
+        assert torch.equal(torch.from_numpy(codes), expected_codes), values[:4]
+        assert torch.equal(torch.from_numpy(scales).view(torch.int32), expected_scales.view(torch.int32)), values[:4]

@@ -12,7 +12,9 @@ import numpy as np
 from numba import njit, prange
 
 from adamkit.kernels import scalar_ops
-from adamkit.kernels.scalar_ops import finish_block, keep_state, load, noise_key, pointer, read_state, store
+from adamkit.kernels.scalar_ops import (
+    block_scale, finish_block, keep_state, load, noise_key, pointer, read_state, store,
+)
 from adamkit.rules import bind, maximize_and_weight_decay
 
 # BINDING
@@ -28,8 +30,7 @@ _decay = njit(error_model="numpy")(bind(maximize_and_weight_decay, scalar_ops))
 
 @njit(parallel=True, **_JIT)
 def fused_pass(
-    c, decay, like, params, grads, slot0, slot1, slot2, like0, like1, like2, scale0, scale1, scale2, codebook,
-    noise, tensor_ids, items, starts, ends, changed,
+    c, decay, like, params, grads, slot0, slot1, slot2, like0, like1, like2, scale0, scale1, scale2, noise, tensor_ids, items, starts, ends, changed,
 ):
     """Run the rule's update over every element of the work items, a block of 256 at a time.
 
@@ -37,8 +38,8 @@ def fused_pass(
     store that might alias the gradient would keep the loop from vectorizing), and the
     rule reads the gradient in its place and never uses it. ``like0``...``like2`` give
     each slot's storage type. A slot with scales (``scale0``...) is int8 state: read from
-    its codes with ``codebook``, and written back a block at a time, once the block's
-    new values, and so its scale, are known (work items start at multiples of 256).
+    its codes and the block's scale, and written back a block at a time, once the
+    block's new values, and so its scale, are known (work items start at multiples of 256).
     Unless ``noise`` is None, bf16 state is rounded stochastically, keyed by ``noise``
     (seed, step) and the tensor's id. Unless ``changed`` is None (also compiled away),
     it records per work item whether any parameter element changed.
@@ -57,17 +58,21 @@ def fused_pass(
         k0 = None if noise is None else noise_key(noise[0], noise[1], tensor_ids[t], 0)
         k1 = None if noise is None else noise_key(noise[0], noise[1], tensor_ids[t], 1)
         k2 = None if noise is None else noise_key(noise[0], noise[1], tensor_ids[t], 2)
-        held = np.empty((3, 256), np.float64)
+        held = np.empty((3, 256), np.float32)
         moved = False
         for block_start in range(starts[w], ends[w], 256):
             count = min(256, ends[w] - block_start)
+            block = block_start >> 8
+            b0 = block_scale(scale0, f0, block)
+            b1 = block_scale(scale1, f1, block)
+            b2 = block_scale(scale2, f2, block)
             for k in range(count):
                 i = block_start + k
                 old = load(p, i)
                 new, decayed_grad = _decay(old, load(g, i), decay)
-                v0 = read_state(s0, f0, scale0, i, codebook)
-                v1 = read_state(s1, f1, scale1, i, codebook)
-                v2 = read_state(s2, f2, scale2, i, codebook)
+                v0 = read_state(s0, b0, scale0, i)
+                v1 = read_state(s1, b1, scale1, i)
+                v2 = read_state(s2, b2, scale2, i)
                 new, y0, y1, y2 = _update(new, decayed_grad, v0, v1, v2, c)
                 store(p, i, new)
                 keep_state(slot0, scale0, s0, i, y0, k0, held, 0, k)
@@ -75,10 +80,9 @@ def fused_pass(
                 keep_state(slot2, scale2, s2, i, y2, k2, held, 2, k)
                 if changed is not None:
                     moved |= load(p, i) != old
-            block = block_start >> 8
-            finish_block(scale0, s0, f0, block, held[0], count, codebook[1])
-            finish_block(scale1, s1, f1, block, held[1], count, codebook[1])
-            finish_block(scale2, s2, f2, block, held[2], count, codebook[1])
+            finish_block(scale0, s0, f0, block, held[0], count)
+            finish_block(scale1, s1, f1, block, held[1], count)
+            finish_block(scale2, s2, f2, block, held[2], count)
         if changed is not None:
             changed[w] = moved
 

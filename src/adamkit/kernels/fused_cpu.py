@@ -24,7 +24,6 @@ from adamkit.kernels.fused import (
 )
 from adamkit.kernels.scalar_ops import COMPUTE_TYPES, STORAGE_TYPES
 from adamkit.rules import EXACT, Rule, decay_coefficients
-from adamkit.state import formats
 from adamkit.state.formats import StateSpec
 from adamkit.state import is_dense, local_tensor
 
@@ -36,10 +35,6 @@ _is_cpu = operator.attrgetter("is_cpu")
 
 def _like(dtype: torch.dtype) -> np.ndarray:
     return np.zeros(0, np.int8 if dtype is torch.int8 else STORAGE_TYPES[storage_dtype(dtype)])
-
-
-# int8 codes' values by code & 255, unsigned then signed; the octave midpoints (scalar_ops.decode_int8)
-CODEBOOK = (formats.CODE_VALUES, formats.OCTAVE_MIDPOINTS.astype(np.int64))
 
 
 def _cast(coefficients, compute):
@@ -99,7 +94,7 @@ class FusedCpuKernel(FusedKernel):
                 loops.run(
                     "fused_pass", (dtype, slot_types, noise is None, watch, type(c)),
                     c, decay, like, param_addresses, grad_addresses, *plan.slots, *slot_likes, *plan.scales,
-                    CODEBOOK, noise, plan.tensor_ids, items, plan.starts[chosen], plan.ends[chosen], changed,
+                    noise, plan.tensor_ids, items, plan.starts[chosen], plan.ends[chosen], changed,
                 )
                 if watch:
                     moved[items[changed]] = True

@@ -23,6 +23,8 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 from numba.np.numpy_support import as_dtype
 
+from adamkit.state.formats import OCTAVE_MIDPOINTS
+
 
 # numba has no bf16 or fp16 arrays; their bits travel as 16-bit integers.
 STORAGE_TYPES = {
@@ -314,75 +316,124 @@ def _clone(x):
     return lambda x: x
 
 
-# int8 block state (adamkit.state.formats): codes, one fp32 scale per 256 values, and a
-# codebook of (values, octave midpoints): values[c & 255] for an unsigned block,
-# values[256 + (c & 255)] for a signed one. Branch-free, so that the loop vectorizes.
-@njit(inline="always")
-def decode_int8(codes, scales, index, codebook):
-    """The fp32 value of code ``index`` (``codes`` an int8 pointer, ``scales`` fp32)."""
-    scale = scales[index >> 8]
-    signed = np.int64(scale < 0)
-    return codebook[0][(np.int64(codes[index]) & 255) + 256 * signed] * abs(scale)
+# int8 block state (adamkit.state.formats): codes and one fp32 scale per 256 values,
+# negative for a block in the signed code. Both directions are computed in 32-bit
+# integer operations and selects, no table lookups, so that the loops vectorize; the
+# values are the formats' CODE_VALUES bit for bit (tested against them for every code).
+_I32 = ir.IntType(32)
+_F32 = ir.FloatType()
+# Mantissa bits of 2^(j/8), j = 0..7: the code values within one octave.
+_ROOT_MANTISSAS = [int(np.float32(2 ** (j / 8)).view(np.uint32)) & 0x7FFFFF for j in range(8)]
 
 
-@njit(inline="always")
-def encode_int8(value, absmax, signed, midpoints):
-    """The code of ``value`` (fp32) in a block with this scale and code."""
-    ratio = np.float32(abs(value) / absmax)
-    bits = np.int64(_float_bits(ratio))
-    mantissa = bits & 0x7FFFFF
-    position = (
-        np.int64(mantissa >= midpoints[0]) + np.int64(mantissa >= midpoints[1])
-        + np.int64(mantissa >= midpoints[2]) + np.int64(mantissa >= midpoints[3])
-        + np.int64(mantissa >= midpoints[4]) + np.int64(mantissa >= midpoints[5])
-        + np.int64(mantissa >= midpoints[6]) + np.int64(mantissa >= midpoints[7])
-    )
-    code = 255 - 128 * np.int64(signed) + 8 * ((bits >> 23) - 127) + position
-    code *= np.int64(ratio > 0) * np.int64(code >= 1)  # zero, underflow, or NaN from the scale: 0
-    code *= 1 - 2 * np.int64(signed and value < 0)
-    return np.int8(code)
+def _i32(value: int) -> ir.Constant:
+    return ir.Constant(_I32, value)
+
+
+def _magnitude(builder, value):
+    return builder.bitcast(builder.and_(builder.bitcast(value, _I32), _i32(0x7FFFFFFF)), _F32)
+
+
+@intrinsic
+def int8_code(typingctx, value, absmax, signed):
+    """The code of ``value`` (fp32) in a block of largest magnitude ``absmax``, in the
+    signed code if ``signed`` (nonzero): 8 steps per octave below ``absmax``, found by
+    comparing the ratio's mantissa with the octave's midpoints. Zero, underflow and
+    NaN ratios code as 0."""
+    def codegen(context, builder, signature, args):
+        value, absmax, signed = args
+        ratio = builder.fdiv(_magnitude(builder, value), absmax)
+        bits = builder.bitcast(ratio, _I32)
+        mantissa = builder.and_(bits, _i32(0x7FFFFF))
+        position = _i32(0)
+        for midpoint in OCTAVE_MIDPOINTS:
+            position = builder.add(position, builder.zext(builder.icmp_signed(">=", mantissa, _i32(int(midpoint))), _I32))
+        is_signed = builder.icmp_unsigned("!=", signed, ir.Constant(signed.type, 0))
+        octaves = builder.sub(builder.lshr(bits, _i32(23)), _i32(127))
+        code = builder.add(builder.add(builder.select(is_signed, _i32(127), _i32(255)), builder.shl(octaves, _i32(3))), position)
+        kept = builder.and_(builder.fcmp_ordered(">", ratio, ir.Constant(_F32, 0.0)), builder.icmp_signed(">=", code, _i32(1)))
+        code = builder.select(kept, code, _i32(0))
+        negative = builder.and_(is_signed, builder.fcmp_ordered("<", value, ir.Constant(_F32, 0.0)))
+        return builder.trunc(builder.select(negative, builder.sub(_i32(0), code), code), ir.IntType(8))
+
+    return types.int8(types.float32, types.float32, types.uint32), codegen
+
+
+@intrinsic
+def int8_value(typingctx, code, scale):
+    """The fp32 value of ``code`` in a block with this ``scale``: unsigned code n is
+    2^((n - 255) / 8), signed code c is sign(c) 2^((|c| - 127) / 8) (-128, never written,
+    reads as -1), code 0 is 0; times |scale|."""
+    def codegen(context, builder, signature, args):
+        code, scale = args
+        signed_code, unsigned_code = builder.sext(code, _I32), builder.zext(code, _I32)
+        signed = builder.fcmp_ordered("<", scale, ir.Constant(_F32, 0.0))
+        negative = builder.icmp_signed("<", signed_code, _i32(0))
+        magnitude = builder.select(negative, builder.sub(_i32(0), signed_code), signed_code)
+        magnitude = builder.select(builder.icmp_signed(">", magnitude, _i32(127)), _i32(127), magnitude)
+        eighths = builder.select(signed, builder.sub(magnitude, _i32(127)), builder.sub(unsigned_code, _i32(255)))
+        step = builder.and_(eighths, _i32(7))
+        mantissa = _i32(_ROOT_MANTISSAS[0])
+        for j in range(1, 8):
+            mantissa = builder.select(builder.icmp_signed("==", step, _i32(j)), _i32(_ROOT_MANTISSAS[j]), mantissa)
+        bits = builder.or_(builder.shl(builder.add(builder.ashr(eighths, _i32(3)), _i32(127)), _i32(23)), mantissa)
+        zero = builder.icmp_signed("==", builder.select(signed, signed_code, unsigned_code), _i32(0))
+        bits = builder.select(zero, _i32(0), bits)
+        bits = builder.or_(bits, builder.select(builder.and_(signed, negative), _i32(-(2**31)), _i32(0)))
+        return builder.fmul(builder.bitcast(bits, _F32), _magnitude(builder, scale))
+
+    return types.float32(types.int8, types.float32), codegen
 
 
 @njit  # once per block: a call costs nothing, and inlining it trips numba's SSA check
-def store_int8_block(codes, scales, block, values, count, midpoints):
-    """Code ``values[:count]``, the new values of one block of 256, into int8."""
+def store_int8_block(codes, scales, block, values, count):
+    """Code ``values[:count]`` (fp32), the new values of one block of 256, into int8."""
     # The largest magnitude, as the largest bit pattern of |value|: an integer maximum
     # vectorizes, a float one cannot without fast-math; a NaN's pattern wins, as it should.
     largest = np.uint32(0)
-    negatives = np.int64(0)
+    signed = np.uint32(0)
     for k in range(count):
-        bits = _float_bits(np.float32(values[k]))
-        largest = max(largest, bits & np.uint32(0x7FFFFFFF))
-        negatives += np.int64(bits >> np.uint32(31)) * np.int64(values[k] < 0)
+        largest = max(largest, _float_bits(values[k]) & np.uint32(0x7FFFFFFF))
+        signed = max(signed, np.uint32(values[k] < 0))
     absmax = _bits_float(largest)
-    signed = negatives > 0
     scales[block] = -absmax if signed else absmax
     start = block * 256
     for k in range(count):
-        codes[start + k] = encode_int8(np.float32(values[k]), absmax, signed, midpoints)
+        codes[start + k] = int8_code(values[k], absmax, signed)
 
 
 # A state slot in a pass: ``slot`` is the pass's argument for it (None if the rule keeps
 # no such state), ``coded`` its int8 scales argument (None unless it is int8). numba
 # compiles each call for what the slot is.
-def read_state(values, scales, coded, index, codebook):
-    """The slot's value at ``index``, in its compute type."""
+def block_scale(coded, scales, block):
+    """An int8 slot's scale for ``block``; 0 for other slots."""
+
+
+def read_state(values, scale, coded, index):
+    """The slot's value at ``index``, in its compute type (an int8 slot's in fp32)."""
 
 
 def keep_state(slot, coded, values, index, value, key, held, row, position):
     """Write the slot's new value: stored at once (rounded as its format says), or held
-    in ``held[row, position]`` until its int8 block is complete."""
+    in ``held[row, position]`` (fp32) until its int8 block is complete."""
 
 
-def finish_block(coded, values, scales, block, held_row, count, midpoints):
+def finish_block(coded, values, scales, block, held_row, count):
     """Store an int8 slot's held block; nothing for other slots."""
 
 
-@overload(read_state, inline="always")
-def _read_state(values, scales, coded, index, codebook):
+@overload(block_scale, inline="always")
+def _block_scale(coded, scales, block):
     if isinstance(coded, types.NoneType):
-        return lambda values, scales, coded, index, codebook: load(values, index)
-    return lambda values, scales, coded, index, codebook: decode_int8(values, scales, index, codebook)
+        return lambda coded, scales, block: np.float32(0)
+    return lambda coded, scales, block: scales[block]
+
+
+@overload(read_state, inline="always")
+def _read_state(values, scale, coded, index):
+    if isinstance(coded, types.NoneType):
+        return lambda values, scale, coded, index: load(values, index)
+    return lambda values, scale, coded, index: int8_value(values[index], scale)
 
 
 def _keep_nothing(slot, coded, values, index, value, key, held, row, position):
@@ -404,14 +455,14 @@ def _keep_state(slot, coded, values, index, value, key, held, row, position):
     return _keep_stored if isinstance(coded, types.NoneType) else _keep_held
 
 
-def _finish_nothing(coded, values, scales, block, held_row, count, midpoints):
+def _finish_nothing(coded, values, scales, block, held_row, count):
     pass
 
 
-def _finish_int8(coded, values, scales, block, held_row, count, midpoints):
-    store_int8_block(values, scales, block, held_row, count, midpoints)
+def _finish_int8(coded, values, scales, block, held_row, count):
+    store_int8_block(values, scales, block, held_row, count)
 
 
 @overload(finish_block, inline="always")
-def _finish_block(coded, values, scales, block, held_row, count, midpoints):
+def _finish_block(coded, values, scales, block, held_row, count):
     return _finish_nothing if isinstance(coded, types.NoneType) else _finish_int8

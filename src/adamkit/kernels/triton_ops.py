@@ -131,7 +131,7 @@ def encode_int8(values, mask, midpoints, BLOCK: tl.constexpr):
     narrow = values.to(tl.float32)
     bits = narrow.to(tl.uint32, bitcast=True)
     magnitude_bits = tl.where(mask, bits & 0x7FFFFFFF, 0)
-    negative = mask & ((bits >> 31) == 1) & (values < 0)
+    negative = mask & (narrow < 0)
     # The largest magnitude as the largest bit pattern, a NaN's included, as on the CPU.
     largest = tl.max(tl.reshape(magnitude_bits, (BLOCK // 256, 256)), axis=1)
     signed = tl.max(tl.reshape(negative.to(tl.int32), (BLOCK // 256, 256)), axis=1)
