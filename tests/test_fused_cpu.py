@@ -246,7 +246,7 @@ def test_zero_grad_warning_comes_from_the_fused_pass():
     p = torch.nn.Parameter(torch.ones(100))
     opt = adamkit.AdamW([p], lr=0.1)
     p.grad = torch.zeros(100)
-    with pytest.warns(UserWarning, match="all-zero gradient but this step changed it"):
+    with pytest.warns(UserWarning, match="all-zero gradient but a step changed it"):
         opt.step()
     assert opt.last_step_kernels == {"fused_cpu": 1}
     quiet = adamkit.Adam([torch.nn.Parameter(torch.ones(100))], lr=0.1)

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from adamkit.rules import EXACT, TORCH, Rule, bind, decay_coefficients, maximize_and_weight_decay, ops
+from adamkit.state import like_param, local_tensor
 from adamkit.state.formats import BLOCK, SCALE_SUFFIX, StateSpec, dequantize, noise_key, quantize, stochastic_bfloat16
 
 CHUNK_ELEMENTS = 1 << 16  # 256 KiB of fp32: larger chunks were no faster and glibc kept more of them (and whole int8 blocks)
@@ -104,29 +105,31 @@ def eager_step(
                 step = step.clone()
         coefficients = rule.coefficients(hp, step, rule.slots[0] not in state, scalars)
 
-        grad = param.grad
+        # A DTensor (FSDP2) steps as its local shard: every operation is elementwise, and
+        # torch's for-loop on DTensors runs the same operations on the same shards.
+        local, grad = local_tensor(param), local_tensor(param.grad)
         if grad.is_sparse and sparse_update is not None:
-            new_param, new_sum = sparse_update(param, grad, state[rule.slots[0]], coefficients)
-            param.copy_(new_param)
+            new_param, new_sum = sparse_update(local, grad, state[rule.slots[0]], coefficients)
+            local.copy_(new_param)
             state[rule.slots[0]].copy_(new_sum)
             continue
 
         present = [name for name in rule.slots if name in state]
         state_made_here = set(rule.slots) - set(present)  # SGD's first momentum buffer
-        tensors = [param, grad, *(state[name] for name in present)]
+        tensors = [local, grad, *(local_tensor(state[name]) for name in present)]
         # A step that creates state (SGD's first momentum step) runs whole: the new
         # entry must be a full tensor, not chunks.
         chunked = (
             not tracked
             and present
             and not grad.is_sparse
-            and param.numel() > CHUNK_ELEMENTS
+            and local.numel() > CHUNK_ELEMENTS
             and all(t.is_contiguous() for t in tensors)
         )
         coded = {name: state[name + SCALE_SUFFIX] for name in present if state[name].dtype is torch.int8}
         if chunked:
             flat = [t.view(-1) for t in tensors]
-            slices = _slices(param.numel(), CHUNK_ELEMENTS)  # chunks of whole int8 blocks
+            slices = _slices(local.numel(), CHUNK_ELEMENTS)  # chunks of whole int8 blocks
             pieces = [[t[s] for t in flat] for s in slices]
             scale_pieces = [{n: scales[s.start // BLOCK : -(-s.stop // BLOCK)] for n, scales in coded.items()} for s in slices]
         else:
@@ -163,11 +166,14 @@ def eager_step(
                 elif name in views:
                     views[name].copy_(value)
                 elif formatted and spec.storage_dtype(param) is torch.int8:
-                    state[name], state[name + SCALE_SUFFIX] = quantize(value)
+                    codes, state[name + SCALE_SUFFIX] = quantize(value)
+                    state[name] = like_param(codes, param)
                 else:
                     if formatted:
                         value = value.to(spec.storage_dtype(param))
-                    state[name] = torch.view_as_complex(value) if complex_as_real and torch.is_complex(param) else value
+                    if complex_as_real and torch.is_complex(param):
+                        value = torch.view_as_complex(value)
+                    state[name] = like_param(value, param)
             offset += param_piece.numel()
         if state and param not in states:
             states[param] = state

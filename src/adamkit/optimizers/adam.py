@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import Tensor
 
 from adamkit import rules
@@ -12,6 +14,9 @@ from adamkit.optimizers.base import (
     check_tensor_lr,
     squeeze_scalar,
 )
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 
 class Adam(RuleOptimizer):
@@ -64,6 +69,7 @@ class Adam(RuleOptimizer):
         warn_zero_grad_update: bool = True,
         state_dtype: str | None = None,
         state_seed: int = 0,
+        process_group: ProcessGroup | None = None,
     ) -> None:
         check_tensor_lr(lr, foreach=foreach, capturable=capturable)
         check_non_negative("learning rate", lr)
@@ -85,7 +91,7 @@ class Adam(RuleOptimizer):
         }
         super().__init__(
             params, defaults, skip_nonfinite=skip_nonfinite, warn_zero_grad_update=warn_zero_grad_update,
-            state_dtype=state_dtype, state_seed=state_seed,
+            state_dtype=state_dtype, state_seed=state_seed, process_group=process_group,
         )
 
     def state_fills(self, group: dict) -> dict[str, float]:
@@ -127,6 +133,7 @@ class AdamW(Adam):
         warn_zero_grad_update: bool = True,
         state_dtype: str | None = None,
         state_seed: int = 0,
+        process_group: ProcessGroup | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -145,6 +152,7 @@ class AdamW(Adam):
             warn_zero_grad_update=warn_zero_grad_update,
             state_dtype=state_dtype,
             state_seed=state_seed,
+            process_group=process_group,
         )
 
     def __setstate__(self, state: dict) -> None:

@@ -8,7 +8,7 @@ hooks, schedulers and ``GradScaler`` see an ordinary ``torch.optim.Optimizer``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import math
 import operator
@@ -24,11 +24,15 @@ from adamkit.kernels import eager_step, fused_cpu
 from adamkit.kernels.fused import FusedKernel
 from adamkit.kernels.fused_cpu import FusedCpuKernel
 from adamkit.kernels.fused_cuda import FusedCudaKernel
+from adamkit.optimizers.agreement import GradientChecks, agreement_group, is_sharded, on_any_rank
 from adamkit.rules import Rule
-from adamkit.state import allocate_flat_state, local_tensor
+from adamkit.state import allocate_flat_state, like_param, local_tensor
 from adamkit.state.formats import (
     MIN_ELEMENTS, SCALE_SUFFIX, StateSpec, blocks_of, check_state_dtype, constant_codes, dequantize,
 )
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 
 _grad_of = operator.attrgetter("grad")
@@ -90,10 +94,21 @@ def _in_params_dtype(state: dict[str, Any], dtype: torch.dtype) -> dict[str, Any
             if not name.endswith(SCALE_SUFFIX):
                 plain[name] = value
         elif value.dtype is torch.int8:
-            plain[name] = dequantize(value, state[name + SCALE_SUFFIX]).to(dtype)
+            values = dequantize(local_tensor(value), state[name + SCALE_SUFFIX]).to(dtype)
+            plain[name] = like_param(values, value)  # a DTensor's codes: values sharded like them
         else:
             plain[name] = value.to(dtype) if value.dtype != dtype else value
     return plain
+
+
+def _local_copies(params: list[Tensor]) -> list[Tensor]:
+    """Copies of ``params``' values (a DTensor's local shard: comparing DTensors is a collective)."""
+    return [local_tensor(p).detach().clone() for p in params]
+
+
+def _changed(params: list[Tensor], copies: list[Tensor]) -> list[Tensor]:
+    """The parameters whose values differ from their ``_local_copies``."""
+    return [p for p, old in zip(params, copies) if not torch.equal(local_tensor(p).detach(), old)]
 
 
 def _fused_kernels() -> list[FusedKernel]:
@@ -121,9 +136,14 @@ class RuleOptimizer(Optimizer):
     (``skip_nonfinite=True``; counted in ``skipped_steps``) and warns once per
     parameter when weight decay or momentum moves a parameter whose gradient is all
     zeros (``warn_zero_grad_update=False`` turns that off). ``state_dtype`` ("fp32",
-    "bf16") stores the state in another format than the parameter's dtype, for tensors
-    of at least ``low_precision_min_elements`` elements (``adamkit.state.formats``);
+    "bf16", "int8") stores the state in another format than the parameter's dtype, for
+    tensors of at least ``low_precision_min_elements`` elements (``adamkit.state.formats``);
     ``state_seed`` seeds bf16's stochastic rounding.
+
+    Under ``torch.distributed`` both gradient checks are agreed on by the ranks of
+    ``process_group`` (default: the default group, when initialized), one small
+    ``all_reduce`` per step while a check is on (``adamkit.optimizers.agreement``). The
+    group is not pickled: a copy or an unpickled optimizer uses the default group.
     """
 
     update_rule: ClassVar[Rule]
@@ -150,9 +170,11 @@ class RuleOptimizer(Optimizer):
         warn_zero_grad_update: bool = True,
         state_dtype: str | None = None,
         state_seed: int = 0,
+        process_group: ProcessGroup | None = None,
     ) -> None:
         check_state_dtype(state_dtype)
         self.state_dtype, self.state_seed = state_dtype, state_seed
+        self.process_group = process_group
         self.low_precision_min_elements = MIN_ELEMENTS
         self.rounds = 0
         super().__init__(params, defaults)
@@ -166,6 +188,7 @@ class RuleOptimizer(Optimizer):
         self.skipped_steps = 0
         self.frozen: set[Tensor] = set()
         self._warned_zero_grad: set[Tensor] = set()
+        self._moved_shards: set[Tensor] = set()
         self.fused_kernels = _fused_kernels()
         self.last_step_kernels: dict[str, int] = {}
         if self.eager_state:
@@ -192,7 +215,8 @@ class RuleOptimizer(Optimizer):
             if fill is not None and dtype is torch.int8:
                 code = constant_codes(fill)
                 state[name] = torch.full_like(param, code, dtype=dtype, memory_format=torch.preserve_format)
-                state[name + SCALE_SUFFIX] = torch.full((blocks_of(param),), fill, dtype=torch.float32, device=param.device)
+                blocks = blocks_of(local_tensor(param))  # a shard's blocks: each rank scales its own
+                state[name + SCALE_SUFFIX] = torch.full((blocks,), fill, dtype=torch.float32, device=param.device)
             elif fill is not None:
                 state[name] = torch.empty_like(param, dtype=dtype, memory_format=torch.preserve_format)
                 (torch.view_as_real(state[name]) if param.is_complex() else state[name]).fill_(fill)
@@ -213,6 +237,8 @@ class RuleOptimizer(Optimizer):
         self.__dict__.setdefault("skipped_steps", 0)
         self.__dict__.setdefault("frozen", set())
         self.__dict__.setdefault("_warned_zero_grad", set())
+        self.__dict__.setdefault("_moved_shards", set())
+        self.__dict__.setdefault("process_group", None)
         self.__dict__.setdefault("fused_kernels", _fused_kernels())
         self.__dict__.setdefault("last_step_kernels", {})
         self.__dict__.setdefault("state_dtype", None)
@@ -260,7 +286,10 @@ class RuleOptimizer(Optimizer):
         """torch's ``state_dict``, each parameter's state a plain dict of torch's tensors,
         so that ``torch.load(weights_only=True)`` and torch.optim read it: state kept in
         a low-precision format comes in the parameter's dtype, unless ``compact``, which
-        gives it as stored (``load_state_dict`` takes either)."""
+        gives it as stored (``load_state_dict`` takes either). With a ``state_dtype``,
+        each param group also carries ``rounds``, the steps taken (it keys the rounding
+        of rules without a step count), where ``torch.distributed.checkpoint``'s
+        optimizer state dicts keep it."""
         state_dict = super().state_dict()
         params = [p for group in self.param_groups for p in group["params"]]
         state_dict["state"] = {
@@ -268,12 +297,14 @@ class RuleOptimizer(Optimizer):
             for index, state in state_dict["state"].items()
         }
         if self.state_dtype is not None:
-            state_dict["rounds"] = self.rounds
+            for group in state_dict["param_groups"]:
+                group["rounds"] = self.rounds
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's ``load_state_dict``, refusing state tensors shaped unlike their
-        parameter; then the fused kernel's state moves into flat buffers."""
+        parameter; then the state takes the optimizer's ``state_dtype`` and the fused
+        kernel's state moves into flat buffers."""
         self._check_loaded_shapes(state_dict)
         # torch casts every loaded state tensor to its parameter's dtype: int8 state in its
         # stored form (codes and fp32 scales) is taken as it is instead.
@@ -284,50 +315,64 @@ class RuleOptimizer(Optimizer):
             }
             for index, state in state_dict["state"].items()
         }
+        param_of = self._params_by_key(state_dict)
         super().load_state_dict(state_dict)
-        self.rounds = state_dict.get("rounds", self.rounds)
-        params = [p for group in self.param_groups for p in group["params"]]
-        for index, kept in stored.items():
-            self.state[params[index]].update({name: value.to(params[index].device) for name, value in kept.items()})
+        for group in self.param_groups:
+            self.rounds = group.pop("rounds", self.rounds)
+        for key, kept in stored.items():
+            self.state[param_of[key]].update({name: value.to(param_of[key].device) for name, value in kept.items()})
         for kernel in self.fused_kernels:
             kernel.forget()
         for group in self.param_groups:
-            if not self.uses_fused_kernel(group):
-                continue
+            fused = self.uses_fused_kernel(group)
             batches: dict[tuple, list[Tensor]] = {}
             for p in group["params"]:
                 state = self.state.get(p)
-                if state and self._fused_takes(p) and all(map(torch.is_tensor, state.values())):
+                flat = fused and self._fused_takes(p)
+                # Other state is torch's as loaded, unless it has a format to take.
+                if state and (flat or self.state_dtype is not None) and all(map(torch.is_tensor, state.values())):
                     step = state.get("step")
                     names = tuple(name for name in state if name != "step" and not name.endswith(SCALE_SUFFIX))
-                    key = (p.dtype, names, None if step is None else step.dtype)
+                    key = (flat, p.dtype, names, None if step is None else step.dtype)
                     batches.setdefault(key, []).append(p)
             storage = self.state_spec(group).storage_dtype
-            for (_, names, step_dtype), params in batches.items():
-                moved = allocate_flat_state(
-                    params, dict.fromkeys(names, 0.0), step_dtype=step_dtype, initial=[self.state[p] for p in params],
+            for (flat, _, names, step_dtype), params in batches.items():
+                initial = [self.state[p] for p in params]
+                formatted = allocate_flat_state(
+                    params, dict.fromkeys(names, 0.0), step_dtype=step_dtype if flat else None, initial=initial,
                     storage=storage,
                 )
-                for p, state in zip(params, moved):
-                    self.state[p] = state
+                for p, old, state in zip(params, initial, formatted):
+                    if flat:
+                        self.state[p] = state
+                    else:  # the eager kernel's step counter stays where it is (on the device if capturable)
+                        old.update(state)
+
+    def _params_by_key(self, state_dict: dict[str, Any]) -> dict[Any, Tensor]:
+        """The parameter each key of a state dict to load stands for: an index, or a name
+        (``torch.distributed.checkpoint``'s optimizer state dicts), matched by position in
+        the param groups, as torch matches them."""
+        return {
+            key: param
+            for saved, group in zip(state_dict.get("param_groups", []), self.param_groups)
+            for key, param in zip(saved.get("params", []), group["params"])
+        }
 
     def _check_loaded_shapes(self, state_dict: dict[str, Any]) -> None:
-        saved_groups = state_dict.get("param_groups", [])
-        if len(saved_groups) != len(self.param_groups):
+        if len(state_dict.get("param_groups", [])) != len(self.param_groups):
             return  # torch's own check names this
-        params = {
-            index: param
-            for saved, group in zip(saved_groups, self.param_groups)
-            for index, param in zip(saved.get("params", []), group["params"])
-        }
+        params = self._params_by_key(state_dict)
         for index, state in state_dict.get("state", {}).items():
             param = params.get(index)
             for key, value in state.items() if param is not None else ():
                 if key.endswith(SCALE_SUFFIX):
-                    if not (torch.is_tensor(value) and value.numel() == blocks_of(param)):
+                    blocks = blocks_of(local_tensor(param))
+                    if not (torch.is_tensor(value) and value.numel() == blocks):
                         raise ValueError(
                             f"loaded int8 block scales {key!r} of parameter {index} are not "
-                            f"{blocks_of(param)} values, one per 256 of the parameter's elements"
+                            f"{blocks} values, one per 256 of the parameter's elements (under FSDP2, "
+                            "of this rank's shard): a compact state dict loads only into the same sharding; "
+                            "save state_dict() without compact=True to load it elsewhere"
                         )
                 elif torch.is_tensor(value) and key != "step" and value.shape != param.shape:
                     raise ValueError(
@@ -502,6 +547,35 @@ class RuleOptimizer(Optimizer):
             math.isfinite(low) and math.isfinite(high) for low, high in self._grad_extremes(other).values()
         )
 
+    def _agreed_checks(self) -> GradientChecks:
+        """This step's gradient checks, as every rank of the agreement group sees them
+        (``adamkit.optimizers.agreement``); without a group, this rank's own."""
+        finite = not self.skip_nonfinite or self._grads_finite()
+        group = agreement_group(self.process_group)
+        if group is None:
+            return GradientChecks(finite, frozenset(), [], [])
+        # A capturable step must not wait for the device (CUDA graphs): no zero-grad check.
+        sharded = [p for g in self.param_groups if not g.get("capturable") for p in g["params"] if is_sharded(p)]
+        watched = sharded if self.warn_zero_grad_update else []
+        if not (self.skip_nonfinite or watched):
+            return GradientChecks(finite, frozenset(sharded), [], [])
+        stepping = [p.grad is not None and p not in self.frozen for p in watched]
+        extremes = self._grad_extremes([p for p, steps in zip(watched, stepping) if steps])
+        nonzero = [extremes.get(p, (0.0, 0.0)) != (0.0, 0.0) for p in watched]  # an empty shard has no extremes
+        moved = [p in self._moved_shards for p in watched]
+        flags = on_any_rank([not finite, *nonzero, *moved], group)
+        self._moved_shards = set()
+        zero = [
+            p for p, steps, anywhere in zip(watched, stepping, flags[1:])
+            if steps and not anywhere and p not in self._warned_zero_grad
+        ]
+        return GradientChecks(
+            finite=not flags[0],
+            sharded=frozenset(sharded),
+            zero=zero,
+            moved_earlier=[p for p, anywhere in zip(watched, flags[1 + len(watched):]) if anywhere],
+        )
+
     def _warn_moved(self, params: list[Tensor]) -> None:
         for p in params:
             if p in self._warned_zero_grad:
@@ -509,7 +583,7 @@ class RuleOptimizer(Optimizer):
             self._warned_zero_grad.add(p)
             warnings.warn(
                 f"{type(self).__name__}: a parameter of shape {tuple(p.shape)} has an all-zero "
-                "gradient but this step changed it (weight decay or momentum). A zero gradient "
+                "gradient but a step changed it (weight decay or momentum). A zero gradient "
                 "does not freeze a parameter: use adamkit.freeze(optimizer, params), or set its "
                 ".grad to None. Pass warn_zero_grad_update=False to silence this warning.",
                 stacklevel=4,
@@ -588,7 +662,10 @@ class RuleOptimizer(Optimizer):
         if grad_scale is not None:
             self._unscale_grads(grad_scale)
 
-        if self.skip_nonfinite and not self._grads_finite():
+        checks = self._agreed_checks()
+        if self.warn_zero_grad_update:
+            self._warn_moved(checks.moved_earlier)
+        if not checks.finite:
             self.skipped_steps += 1
             warnings.warn(
                 f"{type(self).__name__}: skipped a step because a gradient holds NaN or Inf "
@@ -599,6 +676,7 @@ class RuleOptimizer(Optimizer):
 
         self.last_step_kernels = {}
         self.rounds += 1
+        zero_shards = _local_copies(checks.zero)
         grad_enabled = torch.is_grad_enabled()
         torch.set_grad_enabled(self.defaults.get("differentiable", False))
         try:
@@ -609,7 +687,8 @@ class RuleOptimizer(Optimizer):
                 if exact:
                     rest, moved = self._fused_group_step(group, hp)
                     if self.warn_zero_grad_update:
-                        self._warn_moved(moved)
+                        # A shard's all-zero gradient is not the whole gradient: DTensors are watched below.
+                        self._warn_moved([p for p in moved if p not in checks.sharded])
                     if not rest:
                         continue
                     params = self._params_with_grad(group, rest)
@@ -619,11 +698,12 @@ class RuleOptimizer(Optimizer):
                     continue
                 # A capturable step must not wait for the device (CUDA graphs): no zero-grad check.
                 watch = self.warn_zero_grad_update and not group.get("capturable")
-                extremes = self._grad_extremes(params) if watch else {}
+                whole = [p for p in params if p not in checks.sharded]
+                extremes = self._grad_extremes(whole) if watch else {}
                 zero_grad_params = [
-                    p for p in params if p not in self._warned_zero_grad and extremes.get(p) == (0.0, 0.0)
+                    p for p in whole if p not in self._warned_zero_grad and extremes.get(p) == (0.0, 0.0)
                 ]
-                before = [p.detach().clone() for p in zero_grad_params]
+                before = _local_copies(zero_grad_params)
                 eager_step(
                     type(self).update_rule,
                     params,
@@ -636,7 +716,9 @@ class RuleOptimizer(Optimizer):
                     spec=self.state_spec(group),
                 )
                 self.last_step_kernels["eager"] = self.last_step_kernels.get("eager", 0) + len(params)
-                self._warn_moved([p for p, old in zip(zero_grad_params, before) if not torch.equal(p.detach(), old)])
+                self._warn_moved(_changed(zero_grad_params, before))
         finally:
             torch.set_grad_enabled(grad_enabled)
+        # Known only now, and on this rank only: told to every rank by the next step's checks.
+        self._moved_shards = set(_changed(checks.zero, zero_shards))
         return loss

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import Tensor
 
 from adamkit import rules
 from adamkit.optimizers.base import RuleOptimizer, check_tensor_lr
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 
 class SGD(RuleOptimizer):
@@ -48,6 +53,7 @@ class SGD(RuleOptimizer):
         warn_zero_grad_update: bool = True,
         state_dtype: str | None = None,
         state_seed: int = 0,
+        process_group: ProcessGroup | None = None,
     ) -> None:
         check_tensor_lr(lr, foreach=None, capturable=False)
         if lr < 0.0:
@@ -71,7 +77,7 @@ class SGD(RuleOptimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         super().__init__(
             params, defaults, skip_nonfinite=skip_nonfinite, warn_zero_grad_update=warn_zero_grad_update,
-            state_dtype=state_dtype, state_seed=state_seed,
+            state_dtype=state_dtype, state_seed=state_seed, process_group=process_group,
         )
 
     def state_fills(self, group: dict) -> dict[str, None]:

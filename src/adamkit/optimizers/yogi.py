@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import Tensor
 
 from adamkit import rules
@@ -12,6 +14,9 @@ from adamkit.optimizers.base import (
     check_tensor_lr,
     squeeze_scalar,
 )
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 
 class Yogi(RuleOptimizer):
@@ -65,6 +70,7 @@ class Yogi(RuleOptimizer):
         warn_zero_grad_update: bool = True,
         state_dtype: str | None = None,
         state_seed: int = 0,
+        process_group: ProcessGroup | None = None,
     ) -> None:
         check_tensor_lr(lr, foreach=foreach, capturable=capturable)
         check_non_negative("learning rate", lr)
@@ -87,7 +93,7 @@ class Yogi(RuleOptimizer):
         }
         super().__init__(
             params, defaults, skip_nonfinite=skip_nonfinite, warn_zero_grad_update=warn_zero_grad_update,
-            state_dtype=state_dtype, state_seed=state_seed,
+            state_dtype=state_dtype, state_seed=state_seed, process_group=process_group,
         )
 
     def state_fills(self, group: dict) -> dict[str, float]:

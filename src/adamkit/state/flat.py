@@ -90,8 +90,13 @@ def _view_like(chunk: Tensor, local: Tensor) -> Tensor:
     return chunk.view(local.shape)
 
 
-def _like_param(local: Tensor, param: Tensor) -> Tensor:
-    """``local`` wrapped as a DTensor placed like ``param`` when ``param`` is one."""
+def like_param(local: Tensor, param: Tensor) -> Tensor:
+    """``local`` wrapped as a DTensor placed like ``param`` when ``param`` is one (a
+    shard of state for a shard of a parameter), ``local`` itself otherwise.
+
+    >>> like_param(torch.zeros(2), torch.ones(2)).shape
+    torch.Size([2])
+    """
     if local_tensor(param) is param:
         return local
     from torch.distributed.tensor import DTensor
@@ -137,7 +142,8 @@ def allocate_flat_state(
             state["step"] = steps[index]
     batches: dict[tuple, list[int]] = {}
     for index, local in enumerate(locals_):
-        dtype = local.dtype if storage is None else storage(local)
+        # The whole parameter chooses the format, so every rank stores its shard alike.
+        dtype = local.dtype if storage is None else storage(params[index])
         batches.setdefault((local.device, dtype), []).append(index)
     for (device, dtype), indices in batches.items():
         sizes = [locals_[i].numel() for i in indices]
@@ -164,5 +170,5 @@ def allocate_flat_state(
                     if name + formats.SCALE_SUFFIX in given:  # int8 stored form into another format
                         loaded = formats.dequantize(loaded, given[name + formats.SCALE_SUFFIX])
                     view.copy_(loaded)
-                states[index][name] = _like_param(view, params[index])
+                states[index][name] = like_param(view, params[index])
     return states
