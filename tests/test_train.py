@@ -28,6 +28,16 @@ def loss_lines(lines: list[str]) -> list[str]:
     return [line for line in lines if "loss" in line]
 
 
+def _adamkit_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "adamkit", *args]
+
+
+def _environment() -> dict[str, str]:
+    """Run the same adamkit that this test imported, installed or not."""
+    source_root = Path(adamkit.training.__file__).resolve().parents[1]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(source_root), os.environ.get("PYTHONPATH", "")]))
+
+
 def test_airfoil_has_d2l_shape_and_is_standardized():
     features, target = load_airfoil()
     assert features.shape == (1500, 5) and target.shape == (1500, 1)
@@ -118,16 +128,9 @@ def test_unknown_optimizer_is_a_one_line_usage_error(capsys):
 
 
 def test_python_dash_m_adamkit_trains():
-    # Run the same adamkit that this test imported, installed or not.
-    source_root = Path(adamkit.training.__file__).resolve().parents[1]
-    python_path = [str(source_root), *filter(None, [os.environ.get("PYTHONPATH")])]
     completed = subprocess.run(
-        [sys.executable, "-m", "adamkit", "train", "--quiet", "--epochs", "1"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(python_path)},
-        timeout=120,
-        check=False,
+        _adamkit_command("train", "--quiet", "--epochs", "1"),
+        capture_output=True, text=True, env=_environment(), timeout=120, check=False,
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.splitlines()[-1].startswith("final loss: ")
@@ -145,11 +148,41 @@ def test_invalid_learning_rate_is_a_one_line_usage_error(capsys, lr):
 
 
 def test_ctrl_c_ends_training_with_one_line_and_status_130():
-    source_root = Path(adamkit.training.__file__).resolve().parents[1]
-    environment = dict(os.environ, PYTHONPATH=os.pathsep.join([str(source_root), os.environ.get("PYTHONPATH", "")]))
     process = subprocess.Popen(
-        [sys.executable, "-m", "adamkit", "train", "--quiet", "--epochs", "100000"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+        _adamkit_command("train", "--quiet", "--epochs", "100000"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_environment(),
+    )
+    try:
+        assert "loss" in process.stdout.readline()  # training is under way
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert err.strip() == "adamkit train: interrupted"
+
+
+def test_nproc_2_trains_data_parallel_and_prints_the_loss_over_all_the_data():
+    """Two processes of 750 examples each: a line every 200 examples of each, 400 of both."""
+    completed = subprocess.run(
+        _adamkit_command("train", "--quiet", "--epochs", "1", "--nproc", "2"),
+        capture_output=True, text=True, env=_environment(), timeout=300, check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    assert [line.split()[3] for line in loss_lines(lines)[:-1]] == ["400", "800", "1200"]
+    assert [line.split()[1] for line in loss_lines(lines)[:-1]] == ["0.27", "0.53", "0.80"]
+    first, last = float(loss_lines(lines)[0].split()[-1]), float(lines[-1].removeprefix("final loss: "))
+    assert last < first and last < 0.26
+    assert completed.stderr == ""  # --quiet: no progress bar, no timing, and no process said anything
+
+
+def test_ctrl_c_to_the_command_alone_ends_its_nproc_processes_with_one_line_and_status_130():
+    """A signal to the command alone (a terminal signals every process): the training
+    processes it started must not train on, nor keep it waiting."""
+    process = subprocess.Popen(
+        _adamkit_command("train", "--quiet", "--epochs", "100000", "--nproc", "2"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_environment(),
     )
     try:
         assert "loss" in process.stdout.readline()  # training is under way
