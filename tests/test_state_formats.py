@@ -237,3 +237,12 @@ def test_cpu_int8_codec_agrees_with_the_formats_for_every_code_and_special_value
         expected_codes, expected_scales = formats.quantize(values)
         assert torch.equal(torch.from_numpy(codes), expected_codes), values[:4]
         assert torch.equal(torch.from_numpy(scales).view(torch.int32), expected_scales.view(torch.int32)), values[:4]
+
+
+def test_the_threshold_is_a_constructor_argument_and_applies_to_state_made_at_construction():
+    """Adagrad makes its state when constructed, so the threshold must be known by then."""
+    small = torch.nn.Parameter(torch.ones(10))
+    optimizer = adamkit.Adagrad([small], state_dtype="int8", low_precision_min_elements=0)
+    assert optimizer.state[small]["sum"].dtype is torch.int8
+    with pytest.raises(ValueError, match="low_precision_min_elements: -1"):
+        adamkit.Adam([small], low_precision_min_elements=-1)

@@ -23,6 +23,7 @@ ALGORITHMS = {
     "adamw": lambda params, **options: adamkit.AdamW(params, **options),
     "yogi": lambda params, **options: adamkit.Yogi(params, **options),
     "rmsprop": lambda params, **options: adamkit.RMSprop(params, centered=True, **options),
+    "adagrad": lambda params, **options: adamkit.Adagrad(params, **options),
     "sgd": lambda params, **options: adamkit.SGD(params, momentum=0.9, **options),
 }
 MOMENTUM_SGD_RATES = {"airfoil": 0.005, "digits": 0.03, "chars": 0.03}
@@ -33,9 +34,7 @@ def final_losses(task: str, algorithm: str, epochs: int) -> dict[str, float]:
     losses = {}
     for state_dtype in ("fp32", "bf16", "int8"):
         def build(params):
-            optimizer = ALGORITHMS[algorithm](params, lr=lr, state_dtype=state_dtype)
-            optimizer.low_precision_min_elements = 0
-            return optimizer
+            return ALGORITHMS[algorithm](params, lr=lr, state_dtype=state_dtype, low_precision_min_elements=0)
 
         losses[state_dtype] = train(build, task=task, epochs=epochs, seed=0).final_loss
     return losses

@@ -58,10 +58,9 @@ class OptimizerRun:
 def build_with_state_dtype(optimizer: str, params, lr: float, state_dtype: str | None) -> torch.optim.Optimizer:
     """The optimizer, with every tensor's state in ``state_dtype``: small tensors too, so that
     a comparison shows the format's effect on every parameter of a small model."""
-    built = build_optimizer(optimizer, params, lr, state_dtype=state_dtype)
-    if state_dtype is not None:
-        built.low_precision_min_elements = 0
-    return built
+    if state_dtype is None:
+        return build_optimizer(optimizer, params, lr)
+    return build_optimizer(optimizer, params, lr, state_dtype=state_dtype, low_precision_min_elements=0)
 
 
 def train_with(

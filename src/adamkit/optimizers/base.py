@@ -170,12 +170,17 @@ class RuleOptimizer(Optimizer):
         warn_zero_grad_update: bool = True,
         state_dtype: str | None = None,
         state_seed: int = 0,
+        low_precision_min_elements: int = MIN_ELEMENTS,
         process_group: ProcessGroup | None = None,
     ) -> None:
         check_state_dtype(state_dtype)
+        if low_precision_min_elements < 0:
+            raise ValueError(
+                f"Invalid low_precision_min_elements: {low_precision_min_elements}; use 0 or more elements"
+            )
         self.state_dtype, self.state_seed = state_dtype, state_seed
         self.process_group = process_group
-        self.low_precision_min_elements = MIN_ELEMENTS
+        self.low_precision_min_elements = low_precision_min_elements
         self.rounds = 0
         super().__init__(params, defaults)
         if defaults.get("fused"):

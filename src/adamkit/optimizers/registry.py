@@ -23,11 +23,12 @@ _FACTORIES: dict[str, Callable[..., Optimizer]] = {
 OPTIMIZER_NAMES: tuple[str, ...] = tuple(_FACTORIES)
 
 
-def build_optimizer(name: str, params: Iterable, lr: float, state_dtype: str | None = None) -> Optimizer:
-    """Build the optimizer called ``name`` over ``params`` with learning rate ``lr``.
+def build_optimizer(name: str, params: Iterable, lr: float, **options) -> Optimizer:
+    """Build the optimizer called ``name`` over ``params`` with learning rate ``lr``;
+    ``options`` are passed on (``state_dtype=...``, for example).
 
-    ``torch-adam`` is ``torch.optim.Adam`` itself, for comparison runs; it keeps its
-    state in the parameters' dtype, so it takes no ``state_dtype``.
+    ``torch-adam`` is ``torch.optim.Adam`` itself, for comparison runs; it takes none of
+    adamkit's options.
 
     >>> import torch
     >>> build_optimizer("adam", [torch.nn.Parameter(torch.zeros(1))], lr=0.1).defaults["lr"]
@@ -39,8 +40,6 @@ def build_optimizer(name: str, params: Iterable, lr: float, state_dtype: str | N
         raise ValueError(
             f"unknown optimizer {name!r}; choose one of: {', '.join(OPTIMIZER_NAMES)}"
         ) from None
-    if state_dtype is None:
-        return factory(params, lr=lr)
-    if name == "torch-adam":
-        raise ValueError(f"torch-adam keeps its state in the parameters' dtype, not {state_dtype!r}; use adam")
-    return factory(params, lr=lr, state_dtype=state_dtype)
+    if name == "torch-adam" and options:
+        raise ValueError(f"torch-adam takes none of adamkit's options, got {sorted(options)}; use adam")
+    return factory(params, lr=lr, **options)

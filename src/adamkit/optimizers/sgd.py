@@ -8,6 +8,7 @@ from torch import Tensor
 
 from adamkit import rules
 from adamkit.optimizers.base import RuleOptimizer, check_tensor_lr
+from adamkit.state.formats import MIN_ELEMENTS
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -53,6 +54,7 @@ class SGD(RuleOptimizer):
         warn_zero_grad_update: bool = True,
         state_dtype: str | None = None,
         state_seed: int = 0,
+        low_precision_min_elements: int = MIN_ELEMENTS,
         process_group: ProcessGroup | None = None,
     ) -> None:
         check_tensor_lr(lr, foreach=None, capturable=False)
@@ -77,7 +79,8 @@ class SGD(RuleOptimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         super().__init__(
             params, defaults, skip_nonfinite=skip_nonfinite, warn_zero_grad_update=warn_zero_grad_update,
-            state_dtype=state_dtype, state_seed=state_seed, process_group=process_group,
+            state_dtype=state_dtype, state_seed=state_seed, low_precision_min_elements=low_precision_min_elements,
+            process_group=process_group,
         )
 
     def state_fills(self, group: dict) -> dict[str, None]:

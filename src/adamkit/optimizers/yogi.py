@@ -14,6 +14,7 @@ from adamkit.optimizers.base import (
     check_tensor_lr,
     squeeze_scalar,
 )
+from adamkit.state.formats import MIN_ELEMENTS
 
 if TYPE_CHECKING:
     from torch.distributed import ProcessGroup
@@ -70,6 +71,7 @@ class Yogi(RuleOptimizer):
         warn_zero_grad_update: bool = True,
         state_dtype: str | None = None,
         state_seed: int = 0,
+        low_precision_min_elements: int = MIN_ELEMENTS,
         process_group: ProcessGroup | None = None,
     ) -> None:
         check_tensor_lr(lr, foreach=foreach, capturable=capturable)
@@ -93,7 +95,8 @@ class Yogi(RuleOptimizer):
         }
         super().__init__(
             params, defaults, skip_nonfinite=skip_nonfinite, warn_zero_grad_update=warn_zero_grad_update,
-            state_dtype=state_dtype, state_seed=state_seed, process_group=process_group,
+            state_dtype=state_dtype, state_seed=state_seed, low_precision_min_elements=low_precision_min_elements,
+            process_group=process_group,
         )
 
     def state_fills(self, group: dict) -> dict[str, float]:
