@@ -4,13 +4,14 @@ usage: torchrun --standalone --nproc_per_node 2 distributed_worker.py ENGINE OUT
 
 ENGINE is one of ENGINES (ddp, fsdp2, zero, dcp). test_distributed.py starts the ranks
 itself, with torchrun's environment variables (RANK, WORLD_SIZE, MASTER_ADDR,
-MASTER_PORT). Before the process group starts each rank runs every case in one process
-on the whole batch: that is the reference, and it loads the compiled kernels, which
-takes seconds. The ranks wait for each other at the rendezvous store, for as long as
-that takes (WARM_UP_TIMEOUT); in the process group any collective that hangs fails
-within COLLECTIVE_TIMEOUT. Then every case runs under the engine, each rank on its half
-of each batch. Rank r writes OUT/rank{r}.pt: per case, what the engine's run ended
-with and what the reference ended with (see ``outcome``).
+MASTER_PORT), and serves the rendezvous store as torchrun does. Before the process
+group starts each rank runs every case in one process on the whole batch: that is the
+reference, and it loads the compiled kernels, which takes seconds. The ranks wait for
+each other at the rendezvous store, for as long as that takes (WARM_UP_TIMEOUT); in the
+process group any collective that hangs fails within COLLECTIVE_TIMEOUT. Then every
+case runs under the engine, each rank on its half of each batch. Rank r writes
+OUT/rank{r}.pt: per case, what the engine's run ended with and what the reference
+ended with (see ``outcome``).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class Case:
     torch_optimizer: type[torch.optim.Optimizer] | None = None  # also run torch's, for a bitwise comparison
     on_grads: GradHook | None = None
     frozen_layer: int | None = None  # adamkit.freeze the model's layer of this index
+    scaled: bool = False  # train with torch.amp.GradScaler
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
@@ -118,6 +120,14 @@ def inf_on_last_rank(step: int, model: nn.Module, rank: int, world: int) -> None
         layer_of(model, 2).weight.grad[0, 0] = float("inf")
 
 
+def inf_on_last_rank_in_the_last_step(step: int, model: nn.Module, rank: int, world: int) -> None:
+    """After DDP's all-reduce, the last rank's replica of a gradient gets an Inf in the last
+    step: a GradScaler finds an overflow on that rank only (and sets its scale alone, which
+    the last step leaves unused)."""
+    if step == STEPS - 1 and rank == world - 1:
+        layer_of(model, 2).weight.grad[0, 0] = float("inf")
+
+
 def nan_in_last_bias(step: int, model: nn.Module, rank: int, world: int) -> None:
     """A NaN in the last bias's gradient, on every rank: under ZeroRedundancyOptimizer one
     rank's optimizer holds that bias, the other's sees only finite gradients."""
@@ -140,8 +150,13 @@ def regression_cases(engine: str) -> list[Case]:
     """What went wrong before ranks agreed: skips decided on one rank, warnings from a shard."""
     skipping = dict(lr=0.01, skip_nonfinite=True)
     if engine == "ddp":
-        return [Case(f"skip-inf-on-one-rank-{k}", adamkit.Adam, {**skipping, **f}, on_grads=inf_on_last_rank)
-                for k, f in KERNELS.items()]
+        return [
+            case for kernel, flags in KERNELS.items() for case in (
+                Case(f"skip-inf-on-one-rank-{kernel}", adamkit.Adam, {**skipping, **flags}, on_grads=inf_on_last_rank),
+                Case(f"gradscaler-inf-on-one-rank-{kernel}", adamkit.Adam, dict(lr=0.01, **flags),
+                     on_grads=inf_on_last_rank_in_the_last_step, scaled=True),
+            )
+        ]
     if engine == "zero":
         return [Case(f"skip-nan-in-one-partition-{k}", adamkit.Adam, {**skipping, **f}, on_grads=nan_in_last_bias)
                 for k, f in KERNELS.items()]
@@ -189,16 +204,18 @@ _on_any_rank, optimizer_base.on_any_rank = optimizer_base.on_any_rank, _counted
 def train(model: nn.Module, optimizer, case: Case, steps: range, rank: int = 0, world: int = 1) -> list[list[str]]:
     """Run ``steps``; return the warnings each step raised."""
     AGREEMENTS.clear()
+    scaler = torch.amp.GradScaler("cpu", enabled=case.scaled)  # disabled: passes everything through
     raised = []
     for step in steps:
         inputs, targets = batch(step, rank, world)
         optimizer.zero_grad()
-        functional.mse_loss(model(inputs), targets).backward()
+        scaler.scale(functional.mse_loss(model(inputs), targets)).backward()
         if case.on_grads is not None:
             case.on_grads(step, model, rank, world)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
         raised.append([str(w.message) for w in caught])
     return raised
 
@@ -322,11 +339,7 @@ def main() -> None:
         raise SystemExit(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     torch.set_num_threads(1)  # one core per rank
-    # Under torchrun its agent serves the store; started by the test, rank 0 does.
-    serves = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
-    store = dist.TCPStore(
-        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=serves, timeout=WARM_UP_TIMEOUT,
-    )
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), timeout=WARM_UP_TIMEOUT)
     cases = cases_for(engine)
     results = {case.name: {"reference": reference(case)} for case in cases}
     for case in cases:

@@ -12,7 +12,6 @@ same run in one process on all 16 (the reference).
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import NamedTuple
 import pytest
 import torch
 
+import adamkit
 import distributed_worker as worker
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -35,12 +35,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class Spawn(NamedTuple):
     out: Path  # the ranks' logs, results and checkpoints
     ranks: list[dict]  # what each rank wrote
@@ -49,8 +43,12 @@ class Spawn(NamedTuple):
 
 def _spawn(engine: str, out: Path) -> Spawn:
     """Run ``engine``'s cases on WORLD ranks."""
+    # The ranks meet at a store served here, as torchrun's agent serves it, on a port the system picks.
+    store = torch.distributed.TCPStore(
+        "127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=worker.WARM_UP_TIMEOUT
+    )
     environment = {
-        **os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(WORLD),
+        **os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port), "WORLD_SIZE": str(WORLD),
         "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",  # one core per rank
     }
     logs = [out / f"rank{rank}.log" for rank in range(WORLD)]
@@ -119,13 +117,14 @@ PRODUCT = {case.name for case in worker.product_cases()}
 PARAMETERS = len(worker.make_model().state_dict())
 
 
-def _agreement_flags(engine: str, skip_nonfinite: bool, warn_zero_grad_update: bool = True) -> list[int]:
-    """The flags each step's all-reduce should carry: whether a gradient is non-finite,
-    and per DTensor parameter whether its gradient is nonzero and whether it moved. None
-    where no check needs the other ranks."""
-    sharded = PARAMETERS if engine == "fsdp2" and warn_zero_grad_update else 0
-    needed = skip_nonfinite or sharded
-    return [1 + 2 * sharded] * worker.STEPS if needed else []
+def _agreement_flags(engine: str, case: str) -> list[int]:
+    """The flags each step's all-reduce should carry: whether a GradScaler found an
+    overflow, whether a gradient is non-finite, and per DTensor parameter whether its
+    gradient is nonzero and whether it moved. None where no check needs the other ranks."""
+    spec = next(c for c in worker.cases_for(engine) if c.name == case)
+    sharded = PARAMETERS if engine == "fsdp2" and spec.kwargs.get("warn_zero_grad_update", True) else 0
+    needed = spec.scaled or spec.kwargs.get("skip_nonfinite") or sharded
+    return [2 + 2 * sharded] * worker.STEPS if needed else []
 
 
 @pytest.mark.parametrize("engine,case", _cases(TRAINING))
@@ -139,11 +138,9 @@ def test_every_rank_ends_with_the_same_model_and_state(ranks, engine, case):
 @pytest.mark.parametrize("engine,case", _cases(TRAINING, lambda name: name in PRODUCT or name.startswith("checks-off")))
 def test_at_most_one_small_collective_per_step_and_none_with_the_checks_off(ranks, engine, case):
     """DDP and ZeRO hold whole tensors: the zero-gradient check needs no one; FSDP2's
-    DTensors do, in one all-reduce of 13 flags per step."""
-    kwargs = next(c for c in worker.cases_for(engine) if c.name == case).kwargs
-    expected = _agreement_flags(engine, False, kwargs.get("warn_zero_grad_update", True))
+    DTensors do, in one all-reduce of 14 flags per step."""
     for results in ranks:
-        assert results[case]["engine"]["agreements"] == expected
+        assert results[case]["engine"]["agreements"] == _agreement_flags(engine, case)
 
 
 @pytest.mark.parametrize("engine,case", _cases(TRAINING, lambda name: name in PRODUCT and name.endswith("fp32")))
@@ -210,8 +207,21 @@ def test_a_nonfinite_gradient_on_one_rank_skips_the_step_on_every_rank(ranks, en
         ours = results[case]["engine"]
         assert ours["skipped"] == 1
         assert [bool(raised) for raised in ours["warnings"]] == [step == 5 for step in range(worker.STEPS)]
-        assert ours["agreements"] == _agreement_flags(engine, skip_nonfinite=True)
+        assert ours["agreements"] == _agreement_flags(engine, case)
         assert _max_difference(ours["params"], reference["params"]) <= FP32_PARAM_TOLERANCE
+
+
+@pytest.mark.parametrize("engine,case", _cases(["ddp"], lambda name: name.startswith("gradscaler-")))
+def test_a_gradscaler_overflow_on_one_rank_skips_the_step_on_every_rank(ranks, engine, case):
+    """The GradScaler of the rank holding the Inf says skip, the other's does not: every
+    rank skips (the step used to be taken on one rank only)."""
+    reference = ranks[0][case]["reference"]
+    for results in ranks:
+        ours = results[case]["engine"]
+        assert ours["agreements"] == _agreement_flags(engine, case)
+        assert _max_difference(ours["params"], reference["params"]) <= FP32_PARAM_TOLERANCE
+    taken = worker.reference(worker.Case("no-inf", adamkit.Adam, dict(lr=0.01), scaled=True))
+    assert not torch.equal(reference["params"][2], taken["params"][2])  # the skipped step would have moved it
 
 
 @pytest.mark.parametrize("engine,case", _cases(["fsdp2"], lambda name: name.startswith("zero-")))

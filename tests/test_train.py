@@ -174,7 +174,7 @@ def test_nproc_2_trains_data_parallel_and_prints_the_loss_over_all_the_data():
     assert [line.split()[1] for line in loss_lines(lines)[:-1]] == ["0.27", "0.53", "0.80"]
     first, last = float(loss_lines(lines)[0].split()[-1]), float(lines[-1].removeprefix("final loss: "))
     assert last < first and last < 0.26
-    assert completed.stderr == ""  # --quiet: no progress bar, no timing, and no process said anything
+    assert completed.stderr == "", completed.stderr  # --quiet: no progress bar, no timing, and no process said anything
 
 
 def test_ctrl_c_to_the_command_alone_ends_its_nproc_processes_with_one_line_and_status_130():

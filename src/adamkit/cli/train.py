@@ -6,7 +6,6 @@ and the timing go to stderr. ``--nproc N`` trains data-parallel in N local proce
 
 import argparse
 import datetime
-import socket
 import sys
 import threading
 from types import SimpleNamespace
@@ -59,13 +58,12 @@ def run(args: argparse.Namespace) -> None:
         return
     if not (dist.is_available() and dist.is_gloo_available()):
         raise CommandError("--nproc needs torch.distributed with the gloo backend, which this torch lacks; use --nproc 1")
-    with socket.socket() as probe:  # a free port for the processes to meet at
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    # The processes meet at a store this process serves, on a port the system picks.
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=RENDEZVOUS_TIMEOUT)
     if not args.quiet:
-        print(f"training in {args.nproc} processes (gloo, 127.0.0.1:{port})", file=sys.stderr)
+        print(f"training in {args.nproc} processes (gloo, 127.0.0.1:{store.port})", file=sys.stderr)
     processes = torch.multiprocessing.start_processes(
-        _process, args=(args, port), nprocs=args.nproc, join=False, start_method="spawn"
+        _process, args=(args, store.port), nprocs=args.nproc, join=False, start_method="spawn"
     )
     try:
         while not processes.join():  # raises if a process failed, after ending the others
@@ -79,9 +77,8 @@ def run(args: argparse.Namespace) -> None:
 def _process(rank: int, args: argparse.Namespace, port: int) -> None:
     """One of ``args.nproc`` data-parallel processes."""
     tqdm.set_lock(threading.RLock())  # tqdm's default lock is a semaphore, leaked when the parent ends this process
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=args.nproc, timeout=RENDEZVOUS_TIMEOUT,
-    )
+    store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=RENDEZVOUS_TIMEOUT)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=args.nproc, timeout=RENDEZVOUS_TIMEOUT)
     try:
         _train(args, rank)
     except KeyboardInterrupt:

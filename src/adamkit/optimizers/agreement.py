@@ -1,13 +1,13 @@
 """Gradient checks that every rank agrees on, for optimizers under ``torch.distributed``.
 
 An optimizer looks at gradient values for ``skip_nonfinite`` (skip the step if any
-gradient holds NaN or Inf) and for the zero-gradient warning. Decided on each rank
-from the gradient it holds, ranks would part ways: under FSDP2 one rank skips a step
-its neighbour takes, because the NaN is in its shard; under DDP a gradient changed on
-one rank after the all-reduce makes that replica skip alone; under
-``ZeroRedundancyOptimizer`` each rank steps its own part of the model, so half of it
-would step. So each rank's findings go into one small ``all_reduce`` per step, and
-every rank acts on the result.
+gradient holds NaN or Inf) and for the zero-gradient warning, and skips a step that a
+``torch.amp.GradScaler`` found overflowed. Decided on each rank from the gradient it
+holds, ranks would part ways: under FSDP2 one rank skips a step its neighbour takes,
+because the NaN is in its shard; under DDP a gradient changed on one rank after the
+all-reduce makes that replica skip alone; under ``ZeroRedundancyOptimizer`` each rank
+steps its own part of the model, so half of it would step. So each rank's findings go
+into one small ``all_reduce`` per step, and every rank acts on the result.
 
 Which ranks: the optimizer's ``process_group``, by default torch.distributed's default
 group when it is initialized. Every rank of that group must call ``step()`` together
@@ -18,6 +18,9 @@ initialized, means no collective.
 
 What is reduced, each a flag set on any rank (``MAX``):
 
+- with a GradScaler: it found this rank's gradients overflowed (the scale it sets next
+  stays its own decision: under FSDP2 torch's ``ShardedGradScaler`` agrees on it when
+  ``scaler.unscale_(optimizer)`` runs before ``scaler.step``);
 - with ``skip_nonfinite``: a gradient on this rank holds NaN or Inf;
 - with the zero-gradient warning, per DTensor parameter: this rank's shard of its
   gradient has a nonzero element, and this rank's shard moved in the step before,
@@ -45,6 +48,7 @@ if TYPE_CHECKING:
 class GradientChecks(NamedTuple):
     """One step's gradient checks, the same on every rank of the agreement group."""
 
+    overflowed: bool  # a GradScaler said to skip the step
     finite: bool  # every gradient holds only finite values (True when skip_nonfinite is off)
     sharded: frozenset[Tensor]  # DTensor parameters: the kernels' own zero-gradient reports on them are not used
     zero: list[Tensor]  # DTensor parameters whose whole gradient is zeros, not warned about yet: watched this step

@@ -552,33 +552,35 @@ class RuleOptimizer(Optimizer):
             math.isfinite(low) and math.isfinite(high) for low, high in self._grad_extremes(other).values()
         )
 
-    def _agreed_checks(self) -> GradientChecks:
+    def _agreed_checks(self, overflowed: bool, scaled: bool) -> GradientChecks:
         """This step's gradient checks, as every rank of the agreement group sees them
-        (``adamkit.optimizers.agreement``); without a group, this rank's own."""
+        (``adamkit.optimizers.agreement``); without a group, this rank's own.
+        ``overflowed``: a GradScaler (``scaled``: one is in use) said to skip this step."""
         finite = not self.skip_nonfinite or self._grads_finite()
         group = agreement_group(self.process_group)
         if group is None:
-            return GradientChecks(finite, frozenset(), [], [])
+            return GradientChecks(overflowed, finite, frozenset(), [], [])
         # A capturable step must not wait for the device (CUDA graphs): no zero-grad check.
         sharded = [p for g in self.param_groups if not g.get("capturable") for p in g["params"] if is_sharded(p)]
         watched = sharded if self.warn_zero_grad_update else []
-        if not (self.skip_nonfinite or watched):
-            return GradientChecks(finite, frozenset(sharded), [], [])
+        if not (scaled or self.skip_nonfinite or watched):
+            return GradientChecks(overflowed, finite, frozenset(sharded), [], [])
         stepping = [p.grad is not None and p not in self.frozen for p in watched]
         extremes = self._grad_extremes([p for p, steps in zip(watched, stepping) if steps])
         nonzero = [extremes.get(p, (0.0, 0.0)) != (0.0, 0.0) for p in watched]  # an empty shard has no extremes
         moved = [p in self._moved_shards for p in watched]
-        flags = on_any_rank([not finite, *nonzero, *moved], group)
+        flags = on_any_rank([overflowed, not finite, *nonzero, *moved], group)
         self._moved_shards = set()
         zero = [
-            p for p, steps, anywhere in zip(watched, stepping, flags[1:])
+            p for p, steps, anywhere in zip(watched, stepping, flags[2:])
             if steps and not anywhere and p not in self._warned_zero_grad
         ]
         return GradientChecks(
-            finite=not flags[0],
+            overflowed=flags[0],
+            finite=not flags[1],
             sharded=frozenset(sharded),
             zero=zero,
-            moved_earlier=[p for p, anywhere in zip(watched, flags[1 + len(watched):]) if anywhere],
+            moved_earlier=[p for p, anywhere in zip(watched, flags[2 + len(watched):]) if anywhere],
         )
 
     def _warn_moved(self, params: list[Tensor]) -> None:
@@ -660,14 +662,15 @@ class RuleOptimizer(Optimizer):
         # torch.amp.GradScaler hands optimizers that support it the loss scale and whether
         # a gradient overflowed, instead of unscaling and checking them itself.
         found_inf = getattr(self, "found_inf", None)
-        if found_inf is not None and bool(found_inf):  # one host sync on a GPU, as GradScaler's own path
-            self.last_step_kernels = {}
-            return loss
+        overflowed = found_inf is not None and bool(found_inf)  # one host sync on a GPU, as GradScaler's own path
         grad_scale = getattr(self, "grad_scale", None)
-        if grad_scale is not None:
+        if grad_scale is not None and not overflowed:
             self._unscale_grads(grad_scale)
 
-        checks = self._agreed_checks()
+        checks = self._agreed_checks(overflowed, found_inf is not None)
+        if checks.overflowed:
+            self.last_step_kernels = {}
+            return loss
         if self.warn_zero_grad_update:
             self._warn_moved(checks.moved_earlier)
         if not checks.finite:
