@@ -296,3 +296,30 @@ def test_a_two_rank_dcp_checkpoint_loads_in_one_process(spawns, engine, case, tm
             spawned.ranks[0][case]["reference"]["params"], spawned.ranks[0]["adam-fused-fp32"]["reference"]["params"]
         )
         assert _max_difference(go_on, uninterrupted["params"]) <= 2 * format_error
+
+
+EXAMPLE = Path(__file__).parents[1] / "docs" / "distributed_example.py"
+
+
+def _run_example(*args: str) -> list[str]:
+    """docs/distributed_example.py under torchrun on 2 ranks; the loss lines it printed."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD), str(EXAMPLE), *args],
+        capture_output=True, text=True, timeout=SPAWN_TIMEOUT, check=False,
+        env={**os.environ, "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"},
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return [line for line in completed.stdout.splitlines() if line.startswith("step ")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine,state_dtype", [("ddp", "bf16"), ("fsdp2", "int8"), ("zero", "fp32")])
+def test_the_documented_example_trains_and_resumes(engine, state_dtype, tmp_path):
+    common = ("--engine", engine, "--state-dtype", state_dtype, "--steps", "10")
+    if engine == "zero":
+        assert [line.split()[1] for line in _run_example(*common)] == ["10"]
+        return
+    assert [line.split()[1] for line in _run_example(*common, "--save", str(tmp_path / "10"))] == ["10"]
+    resumed = _run_example(*common, "--resume", str(tmp_path / "10"))
+    uninterrupted = _run_example(*common[:-1], "20")
+    assert resumed == uninterrupted[1:]  # step 20: the same loss, to the digits printed
