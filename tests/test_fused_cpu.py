@@ -351,3 +351,18 @@ def test_skip_nonfinite_sees_every_gradient_layout(bad):
     with pytest.warns(UserWarning, match="skipped a step"):
         opt.step()
     assert opt.skipped_steps == 1 and all(torch.equal(p, b) for p, b in zip(params, before))
+
+
+def test_any_nonzero_reads_each_tensor_as_the_zero_gradient_agreement_needs():
+    """An empty shard holds nothing nonzero; NaN is nonzero; one nonzero element at the end counts."""
+    last = torch.zeros(70_000)
+    last[-1] = 1e-45  # the smallest subnormal
+    tensors = [
+        torch.zeros(5), torch.zeros(0, 64), torch.tensor([0.0, float("nan")]), last,
+        torch.zeros(3, dtype=torch.bfloat16), torch.tensor([0.0, -0.0, 2.0], dtype=torch.float64),
+        torch.zeros(4, dtype=torch.complex64), torch.zeros(6, 4).t(),
+    ]
+    assert fused_cpu.readable(tensors) == [True] * len(tensors)
+    assert fused_cpu.any_nonzero(adamkit.Adam.update_rule, tensors) == [
+        False, False, True, True, False, True, False, False,
+    ]

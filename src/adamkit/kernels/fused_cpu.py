@@ -120,6 +120,25 @@ def readable(tensors: Sequence[Tensor]) -> list[bool]:
     return [FusedCpuKernel.supports(t) and is_dense(t) for t in locals_]
 
 
+def any_nonzero(rule: Rule, tensors: Sequence[Tensor]) -> list[bool]:
+    """Per tensor (all ``readable``): whether an element is nonzero, NaN included; each
+    is read up to its first nonzero element. An empty tensor has none."""
+    loops = loops_for(rule.name, rule.update)
+    locals_ = list(map(local_tensor, tensors))
+    nonzero = [False] * len(locals_)
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for index, t in enumerate(locals_):
+        if t.numel():
+            by_dtype.setdefault(storage_dtype(t.dtype), []).append(index)
+    for dtype, indices in by_dtype.items():
+        chosen = [locals_[index] for index in indices]
+        elements = np.array([element_count(t) for t in chosen], np.int64)
+        zero = loops.run("all_zero", (dtype,), addresses_of(chosen), elements, _like(dtype))
+        for index, all_zero in zip(indices, zero):
+            nonzero[index] = not all_zero
+    return nonzero
+
+
 def all_finite(rule: Rule, grads: Sequence[Tensor]) -> bool:
     """Whether every element of ``grads`` (all ``readable``) is finite."""
     loops = loops_for(rule.name, rule.update)

@@ -552,6 +552,15 @@ class RuleOptimizer(Optimizer):
             math.isfinite(low) and math.isfinite(high) for low, high in self._grad_extremes(other).values()
         )
 
+    def _grads_nonzero(self, params: list[Tensor]) -> list[bool]:
+        """Per parameter: its gradient (this rank's shard of it) has a nonzero element; the
+        fused kernel's read where it applies, else one ``aminmax``."""
+        grads = list(map(_grad_of, params))
+        flags = fused_cpu.readable(grads)
+        read = iter(fused_cpu.any_nonzero(type(self).update_rule, [g for g, flag in zip(grads, flags) if flag]))
+        extremes = self._grad_extremes([p for p, flag in zip(params, flags) if not flag])
+        return [next(read) if flag else extremes.get(p, (0.0, 0.0)) != (0.0, 0.0) for p, flag in zip(params, flags)]
+
     def _agreed_checks(self, overflowed: bool, scaled: bool) -> GradientChecks:
         """This step's gradient checks, as every rank of the agreement group sees them
         (``adamkit.optimizers.agreement``); without a group, this rank's own.
@@ -566,8 +575,9 @@ class RuleOptimizer(Optimizer):
         if not (scaled or self.skip_nonfinite or watched):
             return GradientChecks(overflowed, finite, frozenset(sharded), [], [])
         stepping = [p.grad is not None and p not in self.frozen for p in watched]
-        extremes = self._grad_extremes([p for p, steps in zip(watched, stepping) if steps])
-        nonzero = [extremes.get(p, (0.0, 0.0)) != (0.0, 0.0) for p in watched]  # an empty shard has no extremes
+        stepped = [p for p, steps in zip(watched, stepping) if steps]
+        nonzero_of = dict(zip(stepped, self._grads_nonzero(stepped)))
+        nonzero = [nonzero_of.get(p, False) for p in watched]
         moved = [p in self._moved_shards for p in watched]
         flags = on_any_rank([overflowed, not finite, *nonzero, *moved], group)
         self._moved_shards = set()
