@@ -79,7 +79,9 @@ def _flags_device(group: ProcessGroup) -> torch.device:
     backend = str(dist.get_backend(group))
     if "gloo" in backend or "mpi" in backend:
         return torch.device("cpu")
-    accelerator = torch.accelerator.current_accelerator()
+    if "nccl" in backend:
+        return torch.device("cuda", torch.cuda.current_device())
+    accelerator = torch.accelerator.current_accelerator()  # XCCL and others (torch >= 2.6)
     return torch.device(accelerator.type, torch.accelerator.current_device_index())
 
 

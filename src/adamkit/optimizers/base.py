@@ -678,11 +678,11 @@ class RuleOptimizer(Optimizer):
             self._unscale_grads(grad_scale)
 
         checks = self._agreed_checks(overflowed, found_inf is not None)
+        if self.warn_zero_grad_update:
+            self._warn_moved(checks.moved_earlier)
         if checks.overflowed:
             self.last_step_kernels = {}
             return loss
-        if self.warn_zero_grad_update:
-            self._warn_moved(checks.moved_earlier)
         if not checks.finite:
             self.skipped_steps += 1
             warnings.warn(
