@@ -22,6 +22,7 @@ import torch
 
 import adamkit
 import distributed_worker as worker
+from adamkit.state.formats import MIN_ELEMENTS
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 WORLD = 2
@@ -173,8 +174,8 @@ def test_foreach_false_equals_torchs_for_loop_under_the_same_engine_bitwise(rank
 
 @pytest.mark.parametrize("engine,case", _cases(["fsdp2"], lambda name: name in PRODUCT))
 def test_fsdp2_state_is_sharded_like_its_parameter(ranks, engine, case):
-    """Each state tensor a DTensor placed like its parameter, its shard of the parameter's
-    shard's shape, in the format's dtype (fp32 under 4096 elements)."""
+    """Each state tensor is a DTensor placed like its parameter, its local shard shaped like
+    the parameter's, in the format's dtype (fp32 for tensors under MIN_ELEMENTS elements)."""
     low_precision = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.int8}[case.rsplit("-", 1)[1]]
     for results in ranks:
         layouts = results[case]["engine"]["layout"]
@@ -182,7 +183,7 @@ def test_fsdp2_state_is_sharded_like_its_parameter(ranks, engine, case):
         for layout, (name, param) in zip(layouts, worker.make_model().named_parameters()):
             (param_shape, placements), state = layout["param"], {k: v for k, v in layout.items() if k != "param"}
             assert placements == "(Shard(dim=0),)"
-            expected = low_precision if param.numel() >= 4096 else torch.float32
+            expected = low_precision if param.numel() >= MIN_ELEMENTS else torch.float32
             assert state and all(v == (param_shape, expected, placements) for v in state.values()), (name, state)
 
 
