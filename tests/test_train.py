@@ -147,9 +147,12 @@ def test_invalid_learning_rate_is_a_one_line_usage_error(capsys, lr):
     assert len([line for line in err.splitlines() if "error" in line]) == 1
 
 
-def test_ctrl_c_ends_training_with_one_line_and_status_130():
+@pytest.mark.parametrize("processes", [[], ["--nproc", "2"]], ids=["one process", "nproc 2"])
+def test_ctrl_c_ends_training_with_one_line_and_status_130(processes):
+    """With --nproc the signal goes to the command alone (a terminal signals every
+    process): the training processes it started must not train on, nor keep it waiting."""
     process = subprocess.Popen(
-        _adamkit_command("train", "--quiet", "--epochs", "100000"),
+        _adamkit_command("train", "--quiet", "--epochs", "100000", *processes),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_environment(),
     )
     try:
@@ -175,20 +178,3 @@ def test_nproc_2_trains_data_parallel_and_prints_the_loss_over_all_the_data():
     first, last = float(loss_lines(lines)[0].split()[-1]), float(lines[-1].removeprefix("final loss: "))
     assert last < first and last < 0.26
     assert completed.stderr == "", completed.stderr  # --quiet: no progress bar, no timing, and no process said anything
-
-
-def test_ctrl_c_to_the_command_alone_ends_its_nproc_processes_with_one_line_and_status_130():
-    """A signal to the command alone (a terminal signals every process): the training
-    processes it started must not train on, nor keep it waiting."""
-    process = subprocess.Popen(
-        _adamkit_command("train", "--quiet", "--epochs", "100000", "--nproc", "2"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_environment(),
-    )
-    try:
-        assert "loss" in process.stdout.readline()  # training is under way
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=60)
-    finally:
-        process.kill()
-    assert process.returncode == 130
-    assert err.strip() == "adamkit train: interrupted"
