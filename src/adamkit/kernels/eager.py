@@ -158,7 +158,7 @@ def eager_step(
                 if formatted and spec.stochastic and spec.storage_dtype(param) is torch.bfloat16:
                     round_ = int(step if step is not None else spec.rounds)
                     key = noise_key(spec.seed, round_, spec.tensor_ids.get(id(param), position), slot)
-                    value = stochastic_bfloat16(value, key, offset)
+                    value = stochastic_bfloat16(value, key, offset, slot)
                 if name in scales:
                     codes, block_scales = quantize(value)
                     views[name].copy_(codes)

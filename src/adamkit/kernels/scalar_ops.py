@@ -93,18 +93,17 @@ def _bits_float(typingctx, bits):
 
 
 @intrinsic
-def _element_noise(typingctx, key, index):
-    """16 random bits for element ``index`` under ``key``: the index through murmur3's
-    32-bit finalizer, in 32-bit integer operations (numba would widen them to 64)."""
+def _element_hash(typingctx, key, index):
+    """32 random bits for element ``index`` under ``key``: ``key ^ index`` through
+    murmur3's 32-bit finalizer, in 32-bit integer operations (numba would widen them to 64)."""
     def codegen(context, builder, signature, args):
         i32 = ir.IntType(32)
-        x = builder.xor(args[0], builder.mul(builder.trunc(args[1], i32), ir.Constant(i32, 0x9E3779B1)))
+        x = builder.xor(args[0], builder.trunc(args[1], i32))
         x = builder.xor(x, builder.lshr(x, ir.Constant(i32, 16)))
         x = builder.mul(x, ir.Constant(i32, 0x85EBCA6B))
         x = builder.xor(x, builder.lshr(x, ir.Constant(i32, 13)))
         x = builder.mul(x, ir.Constant(i32, 0xC2B2AE35))
-        x = builder.xor(x, builder.lshr(x, ir.Constant(i32, 16)))
-        return builder.lshr(x, ir.Constant(i32, 16))
+        return builder.xor(x, builder.lshr(x, ir.Constant(i32, 16)))
 
     return types.uint32(types.uint32, types.int64), codegen
 
@@ -131,8 +130,11 @@ def _mix32(x):
 @njit
 def noise_key(seed, round_, tensor, slot):
     """A 32-bit key for one state tensor's stochastic rounding in one step: the same
-    for the same seed, step (``round_``), tensor and slot, whatever runs the pass."""
-    inner = np.uint32(np.uint32(round_) + np.uint32(0x9E3779B9) * np.uint32(np.uint32(tensor) * np.uint32(3) + np.uint32(slot) + np.uint32(1)))
+    for the same seed, step (``round_``), tensor and slot, whatever runs the pass.
+    Slots 0 and 1 get the same key: they draw the two halves of one hash (``store_state``),
+    so a pass that computes the key once hashes each element once for both."""
+    which = np.uint32(np.uint32(tensor) * np.uint32(2) + np.uint32(slot >> 1) + np.uint32(1))
+    inner = np.uint32(np.uint32(round_) + np.uint32(0x9E3779B9) * which)
     return _mix32(np.uint32(seed) ^ _mix32(inner))
 
 
@@ -144,9 +146,10 @@ def store(pointer, index, value):
     """Round ``value`` to the storage type and write it at ``index``."""
 
 
-def store_state(pointer, index, value, key):
+def store_state(pointer, index, value, key, slot):
     """``store``, except that bf16 state is rounded stochastically under ``key`` (from
-    ``noise_key``); with ``key`` None, or other storage types, as ``store``."""
+    ``noise_key``), drawing the low 16 bits of the element's hash for an even ``slot``,
+    the high 16 for an odd one; with ``key`` None, or other storage types, as ``store``."""
 
 
 def _load_bfloat16(pointer, index):
@@ -183,22 +186,23 @@ def _store(pointer, index, value):
     return {types.uint16: _store_bfloat16, types.int16: _store_half}.get(pointer.dtype, _store_native)
 
 
-def _store_bfloat16_stochastic(pointer, index, value, key):
-    # Round up with probability equal to the part truncation drops: unbiased. Infinities
-    # are kept, every NaN becomes the canonical one. Masks, not branches.
+def _store_bfloat16_stochastic(pointer, index, value, key, slot):
+    # Round up with probability equal to the part truncation drops: unbiased. 16 bits
+    # added below bf16's last bit leave an infinity as it is; every NaN becomes the
+    # canonical one. Masks, not branches.
     bits = _float_bits(np.float32(value))
-    finite = np.uint32((bits & np.uint32(0x7F800000)) != np.uint32(0x7F800000))
-    rounded = np.uint32((bits + _element_noise(key, index) * finite) >> np.uint32(16))
+    noise = (_element_hash(key, index) >> np.uint32(16 * (slot & 1))) & np.uint32(0xFFFF)
+    rounded = np.uint32((bits + noise) >> np.uint32(16))
     nan = np.uint32(value != value)
     pointer[index] = np.uint16(rounded + nan * (np.uint32(0x7FC0) - rounded))
 
 
-def _store_state_plainly(pointer, index, value, key):
+def _store_state_plainly(pointer, index, value, key, slot):
     store(pointer, index, value)
 
 
 @overload(store_state, inline="always")
-def _store_state(pointer, index, value, key):
+def _store_state(pointer, index, value, key, slot):
     if pointer.dtype == types.uint16 and not isinstance(key, types.NoneType):
         return _store_bfloat16_stochastic
     return _store_state_plainly
@@ -441,7 +445,7 @@ def _keep_nothing(slot, coded, values, index, value, key, held, row, position):
 
 
 def _keep_stored(slot, coded, values, index, value, key, held, row, position):
-    store_state(values, index, value, key)
+    store_state(values, index, value, key, row)
 
 
 def _keep_held(slot, coded, values, index, value, key, held, row, position):

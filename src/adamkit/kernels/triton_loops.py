@@ -67,7 +67,7 @@ def _keep(tables, row: tl.constexpr, t, count, pointer, value, offsets, mask, ST
         ends = tl.max(tl.where(mask, offsets, -1), axis=0)
         tl.store(scales + (first >> 8) + blocks, block_scales, mask=first + 256 * blocks <= ends)
     else:
-        tl.store(pointer + offsets, triton_ops.to_state(value, STORAGE, key, offsets, STOCHASTIC), mask=mask)
+        tl.store(pointer + offsets, triton_ops.to_state(value, STORAGE, key, offsets, STOCHASTIC, row - 2), mask=mask)
 
 
 @triton.jit
@@ -103,12 +103,11 @@ def fused_pass(
     new, y0, y1, y2 = _update(new, decayed_grad, s0, s1, s2, load_coefficients(coefficients))
     stored = triton_ops.to_storage(new, STORAGE)
     tl.store(param_pointer + offsets, stored, mask=mask)
+    key01 = triton_ops.noise_key(noise_seed, noise_round, tensor_id, 0)  # slots 0 and 1 share it
     if SLOT0 is not None:
-        key = triton_ops.noise_key(noise_seed, noise_round, tensor_id, 0)
-        _keep(tables, 2, t, count, s0_pointer, y0, offsets, mask, SLOT0, key, STOCHASTIC, midpoints, BLOCK)
+        _keep(tables, 2, t, count, s0_pointer, y0, offsets, mask, SLOT0, key01, STOCHASTIC, midpoints, BLOCK)
     if SLOT1 is not None:
-        key = triton_ops.noise_key(noise_seed, noise_round, tensor_id, 1)
-        _keep(tables, 3, t, count, s1_pointer, y1, offsets, mask, SLOT1, key, STOCHASTIC, midpoints, BLOCK)
+        _keep(tables, 3, t, count, s1_pointer, y1, offsets, mask, SLOT1, key01, STOCHASTIC, midpoints, BLOCK)
     if SLOT2 is not None:
         key = triton_ops.noise_key(noise_seed, noise_round, tensor_id, 2)
         _keep(tables, 4, t, count, s2_pointer, y2, offsets, mask, SLOT2, key, STOCHASTIC, midpoints, BLOCK)

@@ -94,20 +94,20 @@ def _mix32(x):
 @triton.jit
 def noise_key(seed, round_, tensor, slot):
     """As ``scalar_ops.noise_key``: one state tensor's rounding key for one step."""
-    which = tensor.to(tl.uint32) * tl.full([], 3, tl.uint32) + slot + 1
+    which = tensor.to(tl.uint32) * tl.full([], 2, tl.uint32) + (slot >> 1) + 1
     inner = round_.to(tl.uint32) + tl.full([], 0x9E3779B9, tl.uint32) * which
     return _mix32(seed.to(tl.uint32) ^ _mix32(inner))
 
 
 @triton.jit
-def to_state(value, STORAGE: tl.constexpr, key, offsets, STOCHASTIC: tl.constexpr):
-    """``value`` as stored state: bf16 rounded stochastically under ``key`` (element i
-    drawing the bits ``scalar_ops.noise_bits`` would) when ``STOCHASTIC``, else ``to_storage``."""
+def to_state(value, STORAGE: tl.constexpr, key, offsets, STOCHASTIC: tl.constexpr, SLOT: tl.constexpr):
+    """``value``, state slot ``SLOT``, as stored: bf16 rounded stochastically under
+    ``key`` (element i drawing the bits ``scalar_ops.store_state`` would) when
+    ``STOCHASTIC``, else ``to_storage``."""
     if STOCHASTIC and STORAGE == tl.bfloat16:
         bits = value.to(tl.uint32, bitcast=True)
-        noise = _mix32(key ^ (offsets.to(tl.uint32) * tl.full([], 0x9E3779B1, tl.uint32))) >> 16
-        special = (bits & 0x7F800000) == 0x7F800000
-        rounded = (tl.where(special, bits, bits + noise) >> 16).to(tl.uint16)
+        noise = (_mix32(key ^ offsets.to(tl.uint32)) >> (16 * (SLOT % 2))) & 0xFFFF
+        rounded = ((bits + noise) >> 16).to(tl.uint16)
         rounded = tl.where(value != value, tl.full(rounded.shape, 0x7FC0, tl.uint16), rounded)
         return rounded.to(tl.bfloat16, bitcast=True)
     return to_storage(value, STORAGE)

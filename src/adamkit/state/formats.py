@@ -8,7 +8,8 @@
   is rounded up with probability equal to the part rounding down would drop, so the
   small changes of a slowly moving average are not lost on average. The random bits
   come from a counter-based hash of (seed, step, tensor, slot, element): the same seed
-  gives the same bits on every machine, thread count and kernel.
+  gives the same bits on every machine, thread count and kernel. A rule's first two
+  slots draw the two halves of one 32-bit hash per element, so one hash serves both.
 - ``"int8"``: one byte per value plus one fp32 scale per block of 256 (``BLOCK``), 2.03
   bytes per parameter for Adam. A block's scale is its largest magnitude; its sign says
   which code the block uses: unsigned if no value is negative (second moments, sums of
@@ -101,19 +102,20 @@ def _mix32(x: np.ndarray) -> np.ndarray:
 def noise_key(seed: int, round_: int, tensor: int, slot: int) -> np.uint32:
     """As ``adamkit.kernels.scalar_ops.noise_key``, on the host."""
     with np.errstate(over="ignore"):
-        inner = np.uint32(round_ & 0xFFFFFFFF) + np.uint32(0x9E3779B9) * np.uint32((tensor * 3 + slot + 1) & 0xFFFFFFFF)
+        inner = np.uint32(round_ & 0xFFFFFFFF) + np.uint32(0x9E3779B9) * np.uint32((tensor * 2 + (slot >> 1) + 1) & 0xFFFFFFFF)
         return _mix32(np.uint32(seed & 0xFFFFFFFF) ^ _mix32(np.uint32(inner)))
 
 
-def stochastic_bfloat16(values: Tensor, key: np.uint32, offset: int = 0) -> Tensor:
-    """``values`` (fp32, contiguous) rounded stochastically to bf16 under ``key``, element
-    i drawing its bits at index ``offset + i``, as the fused kernels do."""
+def stochastic_bfloat16(values: Tensor, key: np.uint32, offset: int = 0, slot: int = 0) -> Tensor:
+    """``values`` (fp32, contiguous), state slot ``slot``, rounded stochastically to bf16
+    under ``key``, element i drawing its bits at index ``offset + i``, as the fused
+    kernels do. Adding 16 random bits below bf16's last bit never turns an infinity into
+    a NaN; NaNs become the canonical one."""
     bits = values.detach().float().cpu().contiguous().view(torch.int32).numpy().view(np.uint32).reshape(-1)
     index = np.arange(offset, offset + bits.size, dtype=np.uint64).astype(np.uint32)
     with np.errstate(over="ignore"):
-        noise = _mix32(key ^ (index * np.uint32(0x9E3779B1))) >> np.uint32(16)
-        special = (bits & np.uint32(0x7F800000)) == np.uint32(0x7F800000)
-        rounded = np.where(special, bits, bits + noise) >> np.uint32(16)
+        noise = (_mix32(key ^ index) >> np.uint32(16 * (slot & 1))) & np.uint32(0xFFFF)
+        rounded = (bits + noise) >> np.uint32(16)
     nan = np.isnan(bits.view(np.float32))
     rounded = np.where(nan, np.uint32(0x7FC0), rounded).astype(np.uint16)
     return torch.from_numpy(rounded.view(np.int16)).view(torch.bfloat16).reshape(values.shape).to(values.device)
