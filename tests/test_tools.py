@@ -364,6 +364,16 @@ def test_bench_refuses_a_bad_shape_naming_it(capsys):
     assert "'4by10'" in message and "TENSORSxELEMENTS" in message
 
 
+@pytest.mark.parametrize("name, package", [("torchao AdamW8bit", "torchao"), ("bnb Adam8bit", "bitsandbytes")])
+def test_bench_names_the_package_a_peer_optimizer_needs(capsys, monkeypatch, name, package):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda module, *a: None if module == package else find_spec(module, *a))
+    message = usage_error(capsys, "bench", "--implementations", "adamkit", name)
+    assert f"needs {package}, not installed here; pip install {package}" in message and name in message
+
+
 def test_bench_refuses_a_device_it_does_not_have(capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")

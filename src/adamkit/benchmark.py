@@ -14,6 +14,7 @@ read; param, m, v written: 7 elements per parameter).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import statistics
@@ -42,6 +43,31 @@ IMPLEMENTATIONS: dict[str, Callable] = {
 }
 
 STATE_DTYPE_IMPLEMENTATIONS = {name: f"adamkit {name} state" for name in ("fp32", "bf16", "int8")}
+
+
+def _torchao_adamw8bit(params):
+    from torchao.optim import AdamW8bit
+
+    return AdamW8bit(params, lr=1e-3, weight_decay=0.0)  # Adam's arithmetic: no decay
+
+
+def _bitsandbytes_adam8bit(params):
+    import bitsandbytes
+
+    return bitsandbytes.optim.Adam8bit(params, lr=1e-3)
+
+
+# Other libraries' 8-bit Adam (blocks of 256 with one fp32 scale each, like adamkit's
+# int8 state), timed when their package is installed; the package each needs.
+PEER_IMPLEMENTATIONS = {"torchao AdamW8bit": "torchao", "bnb Adam8bit": "bitsandbytes"}
+IMPLEMENTATIONS["torchao AdamW8bit"] = _torchao_adamw8bit
+IMPLEMENTATIONS["bnb Adam8bit"] = _bitsandbytes_adam8bit
+
+
+def missing_packages(implementations: list[str]) -> list[str]:
+    """The packages that ``implementations`` need and this environment lacks."""
+    needed = [PEER_IMPLEMENTATIONS[name] for name in implementations if name in PEER_IMPLEMENTATIONS]
+    return [package for package in needed if importlib.util.find_spec(package) is None]
 
 
 @dataclass(frozen=True)
@@ -203,7 +229,8 @@ def run(
         checks = times.pop("adamkit checks", None)
         for name, ms in times.items():
             # param, grad read and param written; m and v read and written (bf16 state: 2 bytes each)
-            state_size = {"fp32 state": 4, "bf16 state": 2, "int8 state": 1 + 4 / 256}.get(name.removeprefix("adamkit "), element_size)
+            int8 = name.endswith("int8 state") or name in PEER_IMPLEMENTATIONS
+            state_size = 1 + 4 / 256 if int8 else {"fp32 state": 4, "bf16 state": 2}.get(name.removeprefix("adamkit "), element_size)
             moved = (3 * element_size + 4 * state_size) * shape.params
             result = Result(shape.label, str(dtype).removeprefix("torch."), name, ms, moved / ms / 1e6)
             if name == "adamkit":

@@ -30,7 +30,8 @@ def register(subparsers) -> None:
     parser.add_argument("--warmup", type=positive_int, default=3, help="untimed steps first")
     parser.add_argument("--implementations", nargs="+", default=list(benchmark.DEFAULT_IMPLEMENTATIONS),
                         choices=list(benchmark.IMPLEMENTATIONS), metavar="NAME",
-                        help=f"any of: {', '.join(repr(name) for name in benchmark.IMPLEMENTATIONS)}")
+                        help=f"any of: {', '.join(repr(name) for name in benchmark.IMPLEMENTATIONS)} "
+                        f"({'; '.join(f'{name!r} needs {package}' for name, package in benchmark.PEER_IMPLEMENTATIONS.items())})")
     parser.add_argument("--state-dtype", type=name_list, default=[], metavar="A,B,...",
                         help=f"also time adamkit with its state stored in these formats, any of "
                         f"{','.join(benchmark.STATE_DTYPE_IMPLEMENTATIONS)} (fp32 is plain 'adamkit' on fp32 parameters)")
@@ -52,6 +53,10 @@ def run(args: argparse.Namespace) -> None:
     implementations = list(dict.fromkeys(
         args.implementations + [benchmark.STATE_DTYPE_IMPLEMENTATIONS[name] for name in args.state_dtype]
     ))
+    missing = benchmark.missing_packages(implementations)
+    if missing:
+        raise CommandError(f"timing {', '.join(n for n in implementations if n in benchmark.PEER_IMPLEMENTATIONS)} "
+                           f"needs {', '.join(missing)}, not installed here; pip install {' '.join(missing)}, or leave it out")
     dtype = DTYPES[args.dtype]
     bandwidth = benchmark.stream_bandwidth(max(s.params for s in shapes), device=args.device)
     results = benchmark.run(shapes, dtype, implementations, args.repeats, args.warmup, args.device)
@@ -63,13 +68,14 @@ def run(args: argparse.Namespace) -> None:
     print(f"machine: {machine}")
     limit = "device-to-device copy" if args.device != "cpu" else "7 fp32 arrays per parameter"
     print(f"limit: stream bandwidth {bandwidth:.1f} GB/s ({limit})")
-    print(f"{'shape':>14}  {'implementation':<15} {'ms/step':>9} {'GB/s':>7} {'adamkit speedup':>16}")
+    width = max(len("implementation"), *(len(r.implementation) for r in results))
+    print(f"{'shape':>14}  {'implementation':<{width}} {'ms/step':>9} {'GB/s':>7} {'adamkit speedup':>16}")
     for shape in shapes:
         rows = [r for r in results if r.shape == shape.label]
         ours = next((r.ms for r in rows if r.implementation == "adamkit"), None)
         for r in rows:
             speedup = f"{r.ms / ours:.2f}x" if ours and r.implementation != "adamkit" else ""
-            print(f"{r.shape:>14}  {r.implementation:<15} {r.ms:9.2f} {r.gb_per_s:7.1f} {speedup:>16}")
+            print(f"{r.shape:>14}  {r.implementation:<{width}} {r.ms:9.2f} {r.gb_per_s:7.1f} {speedup:>16}")
             if r.checks_ms is not None:
                 per_tensor = r.checks_ms * 1e3 / shape.tensors
                 print(f"{'':>14}    of which checks {r.checks_ms:7.3f} ms ({per_tensor:.2f} us per tensor)")
