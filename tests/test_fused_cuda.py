@@ -25,6 +25,7 @@ from adamkit.kernels.fused_cuda import FusedCudaKernel
 from adamkit.optimizers import base
 from parity import assert_bitwise_equal, run_side_by_side
 from test_fused_cpu import CASES, case_id
+from test_state_formats import ALGORITHMS as STATE_ALGORITHMS, IDS as STATE_IDS
 
 triton = pytest.importorskip("triton")
 GPU = torch.cuda.is_available()
@@ -188,6 +189,31 @@ def test_cuda_kernel_equals_cpu_kernel_on_the_gpu(case, dtype):
         assert torch.equal(p, q.cpu())
         for name, value in optimizers[0].state[p].items():
             assert torch.equal(value, optimizers[1].state[q][name].cpu()), name
+
+
+@pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("state_dtype", ["bf16", "int8"])
+@pytest.mark.parametrize("cls,kwargs", STATE_ALGORITHMS, ids=STATE_IDS)
+def test_low_precision_state_on_the_gpu_equals_the_cpu(cls, kwargs, state_dtype):
+    """Compiled by Triton and run on the GPU, every algorithm stores the CPU pass's bits:
+    bf16 rounded stochastically under the same seed, int8 in the same codes and scales
+    (one tensor under the 4096-element threshold keeps fp32 state on both)."""
+    def run(device):
+        g = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(shape, generator=g).to(device)) for shape in [(5000,), (70, 80), (3, 4)]]
+        optimizer = cls(params, lr=0.01, state_dtype=state_dtype, state_seed=9, **kwargs)
+        for _ in range(4):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g).to(device)
+            optimizer.step()
+        return params, optimizer
+
+    (gpu_params, gpu), (cpu_params, cpu) = run("cuda"), run("cpu")
+    assert gpu.last_step_kernels == {"fused_cuda": 3} and cpu.last_step_kernels == {"fused_cpu": 3}
+    for p, q in zip(cpu_params, gpu_params):
+        assert torch.equal(p, q.cpu())
+        for name, value in cpu.state[p].items():
+            assert torch.equal(value, gpu.state[q][name].cpu()), name
 
 
 @pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
