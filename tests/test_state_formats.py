@@ -107,6 +107,28 @@ def test_stochastic_rounding_keeps_updates_smaller_than_bf16s_spacing():
     assert abs(stochastic.mean().item() - 1.01) < 5e-4  # unbiased: the mean follows the fp32 value
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "eager"])
+def test_stochastic_rounding_keeps_infinities_and_makes_every_nan_canonical(fused, monkeypatch):
+    """SGD's momentum buffer starts as the first gradient, rounded to bf16: infinities stay
+    infinite (the random bits sit below bf16's last bit), every NaN, signalling ones and
+    negative ones included, becomes 0x7FC0, and values bf16 holds exactly stay as they are."""
+    if not fused:
+        monkeypatch.setattr(FusedKernel, "takes", lambda self, param, grad: False)
+    specials = torch.tensor([0x7F800000, 0xFF800000, 0x7FC00000, 0xFFC00000, 0x7F800001, 0x7FBFFFFF], dtype=torch.int64)
+    exact = torch.tensor([1.0, -0.0, 0.0, 2.0**-126, -(2.0**100), 0.375])
+    grad = torch.cat([specials.to(torch.int32).view(torch.float32), exact]).repeat(500)
+    p = torch.nn.Parameter(torch.zeros_like(grad))
+    optimizer = adamkit.SGD([p], lr=0.0, momentum=0.9, state_dtype="bf16", state_seed=5)
+    p.grad = grad
+    optimizer.step()
+    assert optimizer.last_step_kernels == {"fused_cpu" if fused else "eager": 1}
+    bits = optimizer.state[p]["momentum_buffer"].view(torch.int16).view(-1, 12).to(torch.int32) & 0xFFFF
+    assert (bits[:, 0] == 0x7F80).all() and (bits[:, 1] == 0xFF80).all()
+    assert (bits[:, 2:6] == 0x7FC0).all()
+    exact_bits = exact.to(torch.bfloat16).view(torch.int16).to(torch.int32) & 0xFFFF
+    assert (bits[:, 6:] == exact_bits).all()
+
+
 @pytest.mark.parametrize("state_dtype", LOW)
 @pytest.mark.parametrize("cls,kwargs", ALGORITHMS, ids=IDS)
 def test_fused_and_eager_kernels_store_the_same_bits(cls, kwargs, state_dtype, monkeypatch):
