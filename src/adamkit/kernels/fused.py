@@ -172,6 +172,12 @@ class FusedPlan:
     distributed: bool
     launch_data: dict[str, Any] = field(default_factory=dict)  # what a kernel keeps for this plan (device tables)
 
+    def rounds_stochastically(self, spec: StateSpec) -> bool:
+        """Whether a pass over this plan rounds state stochastically: only where the format
+        asks for it and a slot is stored in bf16. A group's tensors under the threshold
+        keep fp32 state, and their pass compiles without the rounding's key."""
+        return spec.stochastic and torch.bfloat16 in self.slot_dtypes
+
     def state_unchanged(self, states: Mapping[Tensor, dict]) -> bool:
         """The optimizer's state holds the same tensors, at the same addresses, with the
         same shape and layout as when the plan was made.

@@ -79,7 +79,7 @@ class FusedCpuKernel(FusedKernel):
         slot_types = tuple(plan.slot_dtypes)
         for step, fresh in (keys[:, :1] if uniform else np.unique(keys, axis=1)).T:
             noise = None
-            if spec.stochastic:
+            if plan.rounds_stochastically(spec):
                 noise = (np.uint32(spec.seed & 0xFFFFFFFF), np.uint32(int(step if counts_steps else spec.rounds) & 0xFFFFFFFF))
             c = _cast(rule.coefficients(hp, float(step) if counts_steps else None, bool(fresh), EXACT), compute)
             # Parameters whose step counts differ (one added later) need their own coefficients.

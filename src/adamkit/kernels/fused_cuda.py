@@ -145,7 +145,7 @@ class FusedCudaKernel(FusedKernel):
                 tables.codebook, tables.midpoints,
                 STORAGE=_triton_dtype(dtype), COMPUTE=_triton_dtype(compute),
                 SLOT0=slot_types[0], SLOT1=slot_types[1], SLOT2=slot_types[2],
-                WATCH=report_moved, BLOCK=self.item_elements, STOCHASTIC=spec.stochastic, enable_fp_fusion=False,
+                WATCH=report_moved, BLOCK=self.item_elements, STOCHASTIC=plan.rounds_stochastically(spec), enable_fp_fusion=False,
             )
         if report_moved:
             self._read_flags_later(tables)
