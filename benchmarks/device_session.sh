@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The checks and figures that need the GPU machine, in two calls of under 10 minutes:
+# The checks and figures that need the GPU machine, in two calls meant to fit the
+# device tool's 10 minutes each:
 #
-#   benchmarks/device_session.sh tests   # every test, the GPU-only ones included
+#   benchmarks/device_session.sh tests   # the CUDA kernel's and the state formats' tests, GPU-only ones included
 #   benchmarks/device_session.sh bench   # CUDA figures (fp32, bf16/int8 state, peers), CPU with all cores
 #
 # Run from the repository root; nothing is installed (the machine has torch, Triton,

@@ -6,7 +6,7 @@ With a tensor small enough to stay in the last-level cache (262,144 elements: 4 
 parameters, gradients and fp32 state), a step costs what its arithmetic costs, not what
 moving its bytes costs. Each format's nanoseconds per element are the median step on
 that tensor minus the median step on a 4096-element one (the per-step overhead), over
-the element difference; the formats take turns step by step. Beside them: the bytes
+the element difference; the formats take turns, 10 steps at a time. Beside them: the bytes
 each moves per parameter, and the nanoseconds per element that the machine's stream
 bandwidth (all threads) needs for those bytes. Where ``compute / threads`` is above
 the memory figure, the step is compute-bound on this machine at that thread count.
@@ -29,16 +29,16 @@ BYTES = {"fp32": 28.0, "bf16": 20.0, "int8": 16.0 + 4 * 4 / 256}
 SMALL = 4096
 
 
-def step_ms(state_dtype, elements, repeats, run=10):
+def step_ms(formats, elements, repeats, run=10):
     """Median ms of adamkit.Adam's step on one tensor of ``elements``. The formats take
     turns ``run`` steps at a time, the first of each run untimed (it brings the
     format's tensors back into the cache)."""
     g = torch.Generator().manual_seed(0)
     optimizers = {}
-    for name, dtype in state_dtype.items():
+    for name, state_dtype in formats.items():
         p = torch.nn.Parameter(torch.randn(elements, generator=g))
         p.grad = torch.randn(elements, generator=g)
-        optimizers[name] = adamkit.Adam([p], lr=1e-3, state_dtype=dtype, low_precision_min_elements=0)
+        optimizers[name] = adamkit.Adam([p], lr=1e-3, state_dtype=state_dtype, low_precision_min_elements=0)
     times = {name: [] for name in optimizers}
     for round_ in range(1 + -(-repeats // (run - 1))):
         for name, optimizer in optimizers.items():
