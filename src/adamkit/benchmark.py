@@ -63,6 +63,13 @@ PEER_IMPLEMENTATIONS = {"torchao AdamW8bit": "torchao", "bnb Adam8bit": "bitsand
 IMPLEMENTATIONS["torchao AdamW8bit"] = _torchao_adamw8bit
 IMPLEMENTATIONS["bnb Adam8bit"] = _bitsandbytes_adam8bit
 
+# Bytes per state value where it is not the parameters' dtype (int8: a byte and a
+# 4-byte scale per 256 values).
+STATE_BYTES = {
+    "adamkit fp32 state": 4, "adamkit bf16 state": 2, "adamkit int8 state": 1 + 4 / 256,
+    **dict.fromkeys(PEER_IMPLEMENTATIONS, 1 + 4 / 256),
+}
+
 
 def missing_packages(implementations: list[str]) -> list[str]:
     """The packages that ``implementations`` need and this environment lacks."""
@@ -228,9 +235,8 @@ def run(
         times = time_steps(implementations, shape, dtype, repeats, warmup, device)
         checks = times.pop("adamkit checks", None)
         for name, ms in times.items():
-            # param, grad read and param written; m and v read and written (bf16 state: 2 bytes each)
-            int8 = name.endswith("int8 state") or name in PEER_IMPLEMENTATIONS
-            state_size = 1 + 4 / 256 if int8 else {"fp32 state": 4, "bf16 state": 2}.get(name.removeprefix("adamkit "), element_size)
+            # param, grad read and param written; m and v read and written
+            state_size = STATE_BYTES.get(name, element_size)
             moved = (3 * element_size + 4 * state_size) * shape.params
             result = Result(shape.label, str(dtype).removeprefix("torch."), name, ms, moved / ms / 1e6)
             if name == "adamkit":

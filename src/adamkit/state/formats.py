@@ -176,9 +176,7 @@ def dequantize(codes: Tensor, scales: Tensor) -> Tensor:
     """fp32 values, shaped and laid out like ``codes``, from ``quantize``'s codes and scales."""
     flat = memory_order(codes)
     block_scales = scales.repeat_interleave(BLOCK)[: flat.numel()]
-    signed = block_scales < 0
-    unsigned_values = torch.from_numpy(UNSIGNED_VALUES).to(flat.device)[flat.view(torch.uint8).long()]
-    signed_values = torch.from_numpy(SIGNED_VALUES).to(flat.device)[flat.long() + 128]
+    index = flat.view(torch.uint8).long() + 256 * (block_scales < 0)
     values = torch.empty_like(codes, dtype=torch.float32)
-    memory_order(values).copy_(torch.where(signed, signed_values * -block_scales, unsigned_values * block_scales))
+    memory_order(values).copy_(torch.from_numpy(CODE_VALUES).to(flat.device)[index] * block_scales.abs())
     return values
