@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn import functional
 
 import adamkit
-from adamkit.optimizers import base as optimizer_base
+from adamkit.optimizers import gradient_checks
 
 STEPS = 20
 SAVE_AT = 10  # dcp: the checkpoint is written after this many steps
@@ -198,7 +198,7 @@ def _counted(flags, group):
     return _on_any_rank(flags, group)
 
 
-_on_any_rank, optimizer_base.on_any_rank = optimizer_base.on_any_rank, _counted
+_on_any_rank, gradient_checks.on_any_rank = gradient_checks.on_any_rank, _counted
 
 
 def train(model: nn.Module, optimizer, case: Case, steps: range, rank: int = 0, world: int = 1) -> list[list[str]]:

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import adamkit
+from adamkit.kernels.fused import PreparedGroup
 from adamkit.kernels.fused_cpu import FusedCpuKernel
 from adamkit.kernels.fused_cuda import FusedCudaKernel
 from adamkit.optimizers import base
@@ -132,7 +133,7 @@ for rule in (adam, yogi, sgd, rmsprop, adagrad):
         names = dict(fp32=tl.float32, bf16=tl.bfloat16, fp16=tl.float16, fp64=tl.float64, int8=tl.int8)
         signature = dict(tables="*i64", elements="*i64", block_tensor="*i32", block_start="*i64",
                          coefficients="*" + compute, decay_coefficients="*" + compute, flags="*i32", count="i32",
-                         tensor_ids="*i64", noise_seed="i32", noise_round="i32", codebook="*fp32", midpoints="*i32")
+                         tensor_ids="*i64", noise_seed="i32", noise_round="i32", codebook="*fp32")
         stochastic = state == "bf16" and storage != state
         constants = dict(STORAGE=names[storage], COMPUTE=names[compute], SLOT0=names[state], SLOT1=names[state],
                          SLOT2=names[state], WATCH=True, BLOCK=2048, STOCHASTIC=stochastic)
@@ -254,7 +255,7 @@ def test_a_group_with_tensors_of_two_devices_uses_both_kernels(monkeypatch):
     params = [torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(3, device="meta"))]
     optimizer = adamkit.Adam(params, lr=0.1)
     seen = []
-    monkeypatch.setattr(FusedCudaKernel, "step_group", lambda self, rule, key, ps, gs, *a, **k: (seen.extend(ps), ([], [], len(ps)))[1])
+    monkeypatch.setattr(FusedCudaKernel, "prepare_group", lambda self, rule, key, ps, gs, *a, **k: (seen.extend(ps), PreparedGroup([], [], len(ps)))[1])
     for p in params:
         p.grad = torch.ones_like(p)
     optimizer.step()

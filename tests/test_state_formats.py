@@ -238,7 +238,7 @@ def test_cpu_int8_codec_agrees_with_the_formats_for_every_code_and_special_value
             out[i] = int8_value(codes[i], scale)
 
     codes = torch.arange(-128, 128, dtype=torch.int16).to(torch.int8)
-    for scale in (1.5, -1.5, 0.0, float("nan")):
+    for scale in (1.5, -1.5, 0.0, -0.0, 3e38, -1e-38):  # a block's scale is finite; its sign bit picks the code
         ours = np.empty(256, np.float32)
         decode(codes.numpy(), np.float32(scale), ours)
         expected = formats.dequantize(codes, torch.tensor([scale]))
@@ -252,6 +252,11 @@ def test_cpu_int8_codec_agrees_with_the_formats_for_every_code_and_special_value
         torch.zeros(256),
         torch.tensor([-0.0, 1e-45, 3.0, float("inf")] + [1.0] * 252),
         torch.tensor([1.0, float("nan"), -2.0] + [0.5] * 253),
+        torch.tensor([float("-inf"), float("nan")] + [0.0] * 254),  # no finite magnitude: scale -0.0
+        torch.tensor([float("inf"), float("-inf"), 3e38, -3e38] + [1e-38] * 252),
+        # every ratio at and between two steps, in both codes
+        torch.linspace(0, 1, 256) ** 8,
+        -torch.linspace(0, 1, 256) ** 4,
     ]
     for values in blocks:
         codes, scales = np.empty(256, np.int8), np.empty(1, np.float32)

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from adamkit.state.formats import decoded
+
 # State keys holding an algorithm's running moments of the gradient, by torch's names:
 # Adam/AdamW/Yogi keep exp_avg and exp_avg_sq, centered RMSprop grad_avg and
 # square_avg, Adagrad its sum of squares.
@@ -134,7 +136,7 @@ class Trace:
             # only exists once the closure ran. Optimizers never write to .grad.
             if param.grad is None:
                 continue
-            state = optimizer.state.get(param, {})
+            state = decoded(optimizer.state.get(param, {}))  # int8 state as values, not codes
             self._steps_seen[param] = self._steps_seen.get(param, 0) + 1
             step = int(state["step"]) if "step" in state else self._steps_seen[param]
             exp_avg = _copy(_first_present(state, FIRST_MOMENT_KEYS))

@@ -172,6 +172,20 @@ def _locked(folder: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+@contextmanager
+def _torch_threads_kept():
+    """torch's thread count, restored on the way out: numba's OpenMP layer, when it starts
+    (compiling or running a parallel loop) or is told a thread count, sets the OpenMP
+    runtime's count, which torch shares (OMP_NUM_THREADS=1 became 2, NUMBA_NUM_THREADS=1
+    made torch's 2 into 1)."""
+    threads = torch.get_num_threads()
+    try:
+        yield threads
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
 class CompiledLoops:
     """The template's loops compiled for one rule; call them through ``run``."""
 
@@ -188,18 +202,23 @@ class CompiledLoops:
         """Call loop ``name`` with ``args``; ``key`` names the specialization the args need.
 
         A specialization is compiled (or loaded from the cache) under the cache lock the
-        first time this process needs it. Parallel loops run on torch's thread count.
+        first time this process needs it (``ensure`` does that ahead of time). Parallel
+        loops run on torch's thread count, and torch's thread count is as it was after.
         """
+        with _torch_threads_kept() as threads:
+            self._ensure(name, key, args)
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+            return getattr(self.module, name)(*args)
+
+    def ensure(self, name: str, key: tuple, *args) -> None:
+        """Compile loop ``name`` for ``args`` now, so that a later ``run`` cannot fail compiling."""
+        with _torch_threads_kept():
+            self._ensure(name, key, args)
+
+    def _ensure(self, name: str, key: tuple, args: tuple) -> None:
         if (name, key) not in self._ready:
             self._compile(name, args)
             self._ready.add((name, key))
-        threads = torch.get_num_threads()
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-        try:
-            return getattr(self.module, name)(*args)
-        finally:
-            if torch.get_num_threads() != threads:  # numba's OpenMP start-up resets it
-                torch.set_num_threads(threads)
 
     def _compile(self, name: str, args: tuple) -> None:
         signature = tuple(map(numba.typeof, args))
@@ -211,10 +230,13 @@ class CompiledLoops:
             with _locked(folder):
                 getattr(self.module, name).compile(signature)
         except Exception as error:  # noqa: BLE001 - retried without the cache, which raises real errors
+            # Compiled in memory first: an error there is the code's, not the cache's, and
+            # is raised as it is, with no word about the cache and the cache kept for later.
+            uncached = _uncached_module(self._rule_name, self._update)
+            getattr(uncached, name).compile(signature)
             _warn_uncached(error)
-            self.module, self.cached = _uncached_module(self._rule_name, self._update), False
+            self.module, self.cached = uncached, False
             self._ready.clear()
-            getattr(self.module, name).compile(signature)
 
 
 _loops: dict[Callable, CompiledLoops] = {}

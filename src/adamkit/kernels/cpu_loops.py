@@ -70,9 +70,9 @@ def fused_pass(
                 i = block_start + k
                 old = load(p, i)
                 new, decayed_grad = _decay(old, load(g, i), decay)
-                v0 = read_state(s0, b0, scale0, i)
-                v1 = read_state(s1, b1, scale1, i)
-                v2 = read_state(s2, b2, scale2, i)
+                v0 = read_state(s0, b0, scale0, i, old)
+                v1 = read_state(s1, b1, scale1, i, old)
+                v2 = read_state(s2, b2, scale2, i, old)
                 new, y0, y1, y2 = _update(new, decayed_grad, v0, v1, v2, c)
                 store(p, i, new)
                 keep_state(slot0, scale0, s0, i, y0, k01, held, 0, k)
@@ -88,13 +88,15 @@ def fused_pass(
 
 
 @njit(**_JIT)
-def advance_steps(addresses, like):
-    """Add 1 to each step counter (in its own dtype, as ``step += 1``) and return the new values."""
+def advance_steps(addresses, like, write):
+    """Each step counter plus 1, in its own dtype (as ``step += 1``); stored too if ``write``."""
     out = np.empty(addresses.shape[0], np.float64)
     for k in range(addresses.shape[0]):
         counter = pointer(addresses[k], like)
-        counter[0] = counter[0] + 1
-        out[k] = counter[0]
+        advanced = counter[0] + 1
+        if write:
+            counter[0] = advanced
+        out[k] = advanced
     return out
 
 

@@ -98,20 +98,25 @@ def eager_step(
         state = states.get(param, {})
         step_count = state.get("step")
         step = None
-        if step_count is not None:
-            step_count += 1
-            step = step_count if step_as_tensor else step_count.item()
-            if tracked:
-                step = step.clone()
+        if step_count is not None:  # the counter is advanced once the step has been computed
+            step = step_count + 1 if step_as_tensor else (step_count + 1).item()
         coefficients = rule.coefficients(hp, step, rule.slots[0] not in state, scalars)
+        store = _StateStore(state, param, spec, position, step)
 
         # A DTensor (FSDP2) steps as its local shard: every operation is elementwise, and
         # torch's for-loop on DTensors runs the same operations on the same shards.
         local, grad = local_tensor(param), local_tensor(param.grad)
+        if grad.is_sparse and (sparse_update is None and store.formatted):
+            grad = grad.to_dense()  # low-precision state is dense: so is the step (same values)
         if grad.is_sparse and sparse_update is not None:
-            new_param, new_sum = sparse_update(local, grad, state[rule.slots[0]], coefficients)
+            if decay.maximize:
+                grad = -grad
+            name = rule.slots[0]
+            compute = store.compute_dtype if store.formatted else local.dtype
+            new_param, new_sum = sparse_update(local.to(compute), grad.to(compute), store.read(name), coefficients)
             local.copy_(new_param)
-            state[rule.slots[0]].copy_(new_sum)
+            store.write(name, 0, new_sum, state[name], 0)
+            store.advance(step_count, step)
             continue
 
         present = [name for name in rule.slots if name in state]
@@ -141,9 +146,8 @@ def eager_step(
             views = dict(zip(present, map(real, state_pieces)))
             inputs = {name: v.clone() for name, v in views.items()} if tracked else views
             inputs = {name: dequantize(v, scales[name]) if name in scales else v for name, v in inputs.items()}
-            if formatted:
-                compute = torch.float64 if param.dtype in (torch.float64, torch.complex128) else torch.float32
-                widen = (lambda t: t.to(compute)) if not param.is_complex() else (lambda t: t)
+            if store.formatted:
+                widen = (lambda t: t.to(store.compute_dtype)) if not param.is_complex() else (lambda t: t)
                 new_param, grad_piece = widen(new_param), widen(grad_piece)
                 inputs = {name: widen(v) for name, v in inputs.items()}
             new_param, grad_piece = maximize_and_weight_decay(new_param, grad_piece, decay)
@@ -155,25 +159,67 @@ def eager_step(
             for slot, (name, value) in enumerate(zip(rule.slots, new_values)):
                 if value is None or (name not in views and name not in state_made_here):
                     continue
-                if formatted and spec.stochastic and spec.storage_dtype(param) is torch.bfloat16:
-                    round_ = int(step if step is not None else spec.rounds)
-                    key = noise_key(spec.seed, round_, spec.tensor_ids.get(id(param), position), slot)
-                    value = stochastic_bfloat16(value, key, offset, slot)
-                if name in scales:
-                    codes, block_scales = quantize(value)
-                    views[name].copy_(codes)
-                    scales[name].copy_(block_scales)
-                elif name in views:
-                    views[name].copy_(value)
-                elif formatted and spec.storage_dtype(param) is torch.int8:
-                    codes, state[name + SCALE_SUFFIX] = quantize(value)
-                    state[name] = like_param(codes, param)
+                if name in views:
+                    store.write(name, slot, value, views[name], offset, scales.get(name))
                 else:
-                    if formatted:
-                        value = value.to(spec.storage_dtype(param))
-                    if complex_as_real and torch.is_complex(param):
-                        value = torch.view_as_complex(value)
-                    state[name] = like_param(value, param)
+                    store.create(name, slot, value, complex_as_real)
             offset += param_piece.numel()
+        store.advance(step_count, step)
         if state and param not in states:
             states[param] = state
+
+
+class _StateStore:
+    """Reads and writes one parameter's state in its format: int8 codes through their
+    block scales, bf16 with stochastic rounding keyed as the fused kernels key it."""
+
+    def __init__(self, state: MutableMapping[str, Tensor], param: Tensor, spec: StateSpec | None, position: int, step) -> None:
+        self.state, self.param, self.spec = state, param, spec
+        self.formatted = spec is not None and spec.state_dtype is not None
+        self.compute_dtype = torch.float64 if param.dtype in (torch.float64, torch.complex128) else torch.float32
+        if self.formatted and spec.stochastic and spec.storage_dtype(param) is torch.bfloat16:
+            self.rounding = (spec.seed, int(step if step is not None else spec.rounds), spec.tensor_ids.get(id(param), position))
+        else:
+            self.rounding = None
+
+    def read(self, name: str) -> Tensor:
+        """A whole state tensor's values, in the compute dtype when the state is formatted."""
+        value = local_tensor(self.state[name])
+        if value.dtype is torch.int8:
+            return dequantize(value, self.state[name + SCALE_SUFFIX]).to(self.compute_dtype)
+        return value.to(self.compute_dtype) if self.formatted else value
+
+    def write(self, name: str, slot: int, value: Tensor, target: Tensor, offset: int, scales: Tensor | None = None) -> None:
+        """Store ``value`` into ``target`` (slot ``slot``, the state tensor or a piece of it
+        starting at element ``offset``), rounded as its format says."""
+        if self.rounding is not None and target.dtype is torch.bfloat16:
+            seed, round_, tensor = self.rounding
+            value = stochastic_bfloat16(value, noise_key(seed, round_, tensor, slot), offset, slot, like=target)
+        if target.dtype is torch.int8:
+            scales = self.state[name + SCALE_SUFFIX] if scales is None else scales
+            codes, block_scales = quantize(value, like=target)
+            target.copy_(codes)
+            scales.copy_(block_scales)
+        else:
+            target.copy_(value)
+
+    def create(self, name: str, slot: int, value: Tensor, complex_as_real: bool) -> None:
+        """Store a state entry the rule made on its first step (SGD's momentum buffer)."""
+        param, spec = self.param, self.spec
+        if self.formatted and spec.storage_dtype(param) is torch.int8:
+            codes, self.state[name + SCALE_SUFFIX] = quantize(value, like=local_tensor(param))
+            self.state[name] = like_param(codes, param)
+            return
+        if self.rounding is not None:
+            seed, round_, tensor = self.rounding
+            value = stochastic_bfloat16(value, noise_key(seed, round_, tensor, slot), 0, slot, like=local_tensor(param))
+        elif self.formatted:
+            value = value.to(spec.storage_dtype(param))
+        if complex_as_real and torch.is_complex(param):
+            value = torch.view_as_complex(value)
+        self.state[name] = like_param(value, param)
+
+    @staticmethod
+    def advance(step_count: Tensor | None, step) -> None:
+        if step_count is not None:
+            step_count.copy_(step) if torch.is_tensor(step) else step_count.fill_(step)

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from adamkit.rules import Rule
 from adamkit.state import TrackedState, allocate_flat_state, is_dense, local_tensor
-from adamkit.state.formats import SCALE_SUFFIX, StateSpec, blocks_of
+from adamkit.state.formats import SCALE_SUFFIX, StateSpec, blocks_of, recode
 
 SLOT_COUNT = 3
 STEP_DTYPES = (torch.float32, torch.float64)
@@ -351,13 +351,29 @@ def _plain_numbers(hp: Mapping) -> dict:
     return plain
 
 
+Launch = Callable[[], list[Tensor]]
+"""A prepared pass: run, it writes parameters and state and returns the stepped
+parameters whose all-zero gradient did not keep them still."""
+
+
+class PreparedGroup(NamedTuple):
+    """What a kernel made ready for one group's step, nothing written yet."""
+
+    rest: list[Tensor]  # parameters for the next kernel
+    launches: list[Launch]
+    stepped: int  # parameters the launches step
+
+
 class FusedKernel:
     """Steps a parameter group's tensors of one device type in fused passes, remembering
     each group's layout.
 
     The optimizer hands over the group's parameters that have a gradient and its state;
-    ``step_group`` steps the ones it takes and returns the rest for the next kernel.
-    A subclass names its device type and work-item size and implements ``launch``.
+    ``prepare_group`` lays out the ones it takes, compiles what they need and returns
+    the passes that will step them, plus the rest for the next kernel. Preparing writes
+    nothing but the state of parameters seen for the first time (noted in ``created``,
+    so that a step that fails can take it back); the writes happen when the passes run.
+    A subclass names its device type and work-item size and implements ``prepare_launch``.
     """
 
     name: str
@@ -371,7 +387,7 @@ class FusedKernel:
         """Drop every plan (the state was replaced, e.g. by ``load_state_dict``)."""
         self._layouts.clear()
 
-    def step_group(
+    def prepare_group(
         self,
         rule: Rule,
         group_key: int,
@@ -383,37 +399,33 @@ class FusedKernel:
         *,
         decoupled_weight_decay: bool,
         report_moved: bool,
-    ) -> tuple[list[Tensor], list[Tensor], int]:
-        """Step what this kernel takes of ``params`` (with ``grads``; ``spec`` says what
-        their state is).
-
-        Returns the parameters it left for the next kernel, the stepped parameters whose
-        all-zero gradient did not keep them still, and how many parameters were stepped.
-        """
+        created: list[Tensor],
+    ) -> PreparedGroup:
+        """Prepare the step of what this kernel takes of ``params`` (with ``grads``;
+        ``spec`` says what their state is). Parameters whose state it creates are
+        appended to ``created``, also when it raises."""
         steps = self.checked(group_key, params, grads, states)
         layout = self._layouts.get(group_key)
         if steps is None:
-            layout = self._lay_out(rule, params, grads, states, spec)
+            self._layouts.pop(group_key, None)
+            layout = self._lay_out(rule, params, grads, states, spec, created)
             self._layouts[group_key] = layout
             steps = self._plan_addresses(layout, params, grads, states)
         hp = _plain_numbers(hp)
-        moved, stepped, rest = [], 0, list(layout.rest)
+        options = dict(decoupled_weight_decay=decoupled_weight_decay, report_moved=report_moved)
+        launches, stepped, rest = [], 0, list(layout.rest)
         for plan, addresses in steps:
             if addresses is None:  # a plan made this moment must hold; if not, a later kernel steps it
                 rest += plan.params
                 continue
-            moved += self.launch(
-                rule, plan, addresses, hp, spec, decoupled_weight_decay=decoupled_weight_decay, report_moved=report_moved
-            )
+            launches.append(self.prepare_launch(rule, plan, addresses, hp, spec, **options))
             stepped += len(plan.params)
         if layout.staged:
             grad_of = dict(zip(map(id, params), grads))
-            moved += self._staged_step(
-                rule, layout, [grad_of[id(p)] for p in layout.staged], states, spec, hp,
-                decoupled_weight_decay=decoupled_weight_decay, report_moved=report_moved,
-            )
+            staged_grads = [grad_of[id(p)] for p in layout.staged]
+            launches.append(self._prepare_staged(rule, layout, staged_grads, states, spec, hp, **options))
             stepped += len(layout.staged)
-        return rest, moved, stepped
+        return PreparedGroup(rest, launches, stepped)
 
     def checked(self, group_key: int, params: list[Tensor], grads: list[Tensor], states: Mapping) -> list[tuple] | None:
         """The per-step checks: the group's plans with this step's addresses, or None if
@@ -429,15 +441,17 @@ class FusedKernel:
         steps = self._plan_addresses(layout, params, grads, states)
         return None if any(addresses is None for _, addresses in steps) else steps
 
-    def launch(
+    def prepare_launch(
         self, rule: Rule, plan: FusedPlan, addresses: tuple[np.ndarray, np.ndarray], hp: Mapping, spec: StateSpec,
         *, decoupled_weight_decay: bool, report_moved: bool,
-    ) -> list[Tensor]:
-        """One step of ``rule`` over ``plan``'s parameters at ``addresses`` (parameter and
-        gradient addresses, from ``plan.addresses``), with correctly rounded coefficients,
-        state written in its storage dtype (stochastically rounded if ``spec`` says so).
-        With ``report_moved``, returns parameters whose gradient was all zeros and whose
-        value still changed (weight decay, momentum), possibly found a step later."""
+    ) -> Launch:
+        """Make ready one step of ``rule`` over ``plan``'s parameters at ``addresses``
+        (parameter and gradient addresses, from ``plan.addresses``): compiled, with
+        correctly rounded coefficients for each parameter's next step count, state
+        written in its storage dtype (stochastically rounded if ``spec`` says so). The
+        launch advances the step counters and runs the pass. With ``report_moved``, it
+        returns parameters whose gradient was all zeros and whose value still changed
+        (weight decay, momentum), possibly found a step later."""
         raise NotImplementedError
 
     @property
@@ -484,12 +498,13 @@ class FusedKernel:
         grad_of = dict(zip(map(id, params), grads))
         return [(plan, plan.addresses([grad_of[id(p)] for p in plan.params], states)) for plan in layout.plans]
 
-    def _lay_out(self, rule, params, grads, states, spec: StateSpec) -> GroupLayout:
+    def _lay_out(self, rule, params, grads, states, spec: StateSpec, created: list[Tensor]) -> GroupLayout:
         """Sort ``params`` into plans (by dtype, device, state storage and step dtype),
-        copies and the rest, creating the state of parameters seen for the first time."""
+        copies and the rest, creating the state of parameters seen for the first time
+        (appended to ``created``)."""
         kinds = [self._kind(p, g) for p, g in zip(params, grads)]
         taken = [p for p, kind in zip(params, kinds) if kind != "rest"]
-        fresh = self._create_state(taken, states, spec)
+        fresh = self._create_state(taken, states, spec, created)
         step_dtype = spec.step_dtype
         slot_names = tuple(spec.fills)
         tensor_ids = {id(p): spec.tensor_ids.get(id(p), position) for position, p in enumerate(params)}
@@ -534,25 +549,27 @@ class FusedKernel:
         return not counts_steps or step_usable(state.get("step"))
 
     @staticmethod
-    def _create_state(params, states, spec: StateSpec) -> set[int]:
-        """State for parameters without any, in flat buffers; returns their ids. A fill
-        of None marks state the rule makes on its first step (SGD's momentum buffer):
-        it starts at 0 and the parameter is flagged fresh."""
+    def _create_state(params, states, spec: StateSpec, created: list[Tensor]) -> set[int]:
+        """State for parameters without any, in flat buffers; returns their ids and
+        appends them to ``created``. A fill of None marks state the rule makes on its
+        first step (SGD's momentum buffer): it starts at 0 and the parameter is flagged fresh."""
         new = [p for p in params if not states.get(p)]
-        created = {name: 0.0 if fill is None else fill for name, fill in spec.fills.items()}
-        if not new or not (created or spec.step_dtype is not None):
+        fills = {name: 0.0 if fill is None else fill for name, fill in spec.fills.items()}
+        if not new or not (fills or spec.step_dtype is not None):
             return set()
         by_kind: dict[tuple, list[Tensor]] = {}
         for p in new:
             by_kind.setdefault((p.dtype, local_tensor(p).device), []).append(p)
         for batch in by_kind.values():
-            made = allocate_flat_state(batch, created, step_dtype=spec.step_dtype, storage=spec.storage_dtype)
+            made = allocate_flat_state(batch, fills, step_dtype=spec.step_dtype, storage=spec.storage_dtype)
             for p, state in zip(batch, made):
                 states[p] = state
+                created.append(p)
         return {id(p) for p in new}
 
-    def _staged_step(self, rule, layout, grads, states, spec, hp, *, decoupled_weight_decay, report_moved):
-        """Step ``layout.staged`` through copies laid out like dense parameters, then copy back."""
+    def _prepare_staged(self, rule, layout, grads, states, spec, hp, *, decoupled_weight_decay, report_moved) -> Launch:
+        """Prepare the step of ``layout.staged`` through copies laid out like dense
+        parameters; the launch steps the copies and copies them back."""
         work_states, work_grads, owner, copies = {}, {}, {}, []
         batches: dict[tuple, list[Tensor]] = {}
         for param, grad in zip(layout.staged, grads):
@@ -562,30 +579,50 @@ class FusedKernel:
                 copies.append((local, work))
             grad = local_tensor(grad)
             work_grads[id(work)] = grad if same_layout(grad, work) else torch.empty_like(work).copy_(grad)
-            work_state = {}
-            for name, value in states.get(param, {}).items():
-                value = local_tensor(value)
-                if name != "step" and not same_strides(value, work):
-                    copy = torch.empty_like(work, dtype=value.dtype).copy_(value)
-                    copies.append((value, copy))
-                    value = copy
-                work_state[name] = value
-            work_states[work] = work_state
+            state = {name: local_tensor(value) for name, value in states.get(param, {}).items()}
+            work_states[work] = work_state = dict(state)
+            for name, value in state.items():
+                if name == "step" or name.endswith(SCALE_SUFFIX) or same_strides(value, work):
+                    continue
+                if value.dtype is torch.int8:  # codes and scales in the copy's memory order, and back
+                    scales = state[name + SCALE_SUFFIX]
+                    work_state[name], work_state[name + SCALE_SUFFIX] = recode(value, scales, like=work)
+                    copies.append((_Recoded(value, scales), _Recoded(work_state[name], work_state[name + SCALE_SUFFIX])))
+                else:
+                    work_state[name] = torch.empty_like(work, dtype=value.dtype).copy_(value)
+                    copies.append((value, work_state[name]))
             owner[id(work)] = param
             step = work_state.get("step")
             storage = tuple(work_state[n].dtype for n in spec.fills)
             batches.setdefault((work.dtype, work.device, storage, None if step is None else step.dtype), []).append(work)
-        moved = []
+        launches = []
         for (_, _, _, step_dtype), batch in batches.items():
             fresh = [id(owner[id(w)]) in layout.staged_fresh for w in batch]
             ids = [layout.tensor_ids[id(owner[id(w)])] for w in batch]
             plan = build_plan(rule, batch, work_states, tuple(spec.fills), fresh, step_dtype, self.item_elements, ids)
             addresses = (plan.param_addresses, addresses_of([work_grads[id(w)] for w in batch]))
-            stepped = self.launch(
+            launches.append(self.prepare_launch(
                 rule, plan, addresses, hp, spec, decoupled_weight_decay=decoupled_weight_decay, report_moved=report_moved
-            )
-            moved += [owner[id(w)] for w in stepped]
-        layout.staged_fresh.clear()
-        for target, source in copies:
-            target.copy_(source)
-        return moved
+            ))
+
+        def launch() -> list[Tensor]:
+            moved = [owner[id(w)] for run in launches for w in run()]
+            layout.staged_fresh.clear()
+            for target, source in copies:
+                target.copy_(source)
+            return moved
+
+        launch.holds = (work_grads, work_states)  # the passes hold raw addresses of these copies: keep them alive
+        return launch
+
+
+class _Recoded(NamedTuple):
+    """int8 state (codes and block scales) that a copy re-codes into its own layout."""
+
+    codes: Tensor
+    scales: Tensor
+
+    def copy_(self, source: _Recoded) -> None:
+        codes, scales = recode(source.codes, source.scales, like=self.codes)
+        self.codes.copy_(codes)
+        self.scales.copy_(scales)

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from adamkit.kernels.compile_cache import loops_for
 from adamkit.kernels.fused import (
-    FusedKernel, FusedPlan, addresses_of, element_count, storage_dtype, work_items,
+    FusedKernel, FusedPlan, Launch, addresses_of, element_count, storage_dtype, work_items,
 )
 from adamkit.kernels.scalar_ops import COMPUTE_TYPES, STORAGE_TYPES
 from adamkit.rules import EXACT, Rule, decay_coefficients
@@ -51,13 +51,13 @@ class FusedCpuKernel(FusedKernel):
     device_type = "cpu"
     item_elements = WORK_ITEM_ELEMENTS
 
-    def launch(
+    def prepare_launch(
         self, rule: Rule, plan: FusedPlan, addresses: tuple[np.ndarray, np.ndarray], hp: Mapping, spec: StateSpec,
         *, decoupled_weight_decay: bool, report_moved: bool,
-    ) -> list[Tensor]:
-        """``FusedKernel.launch`` on the CPU: the all-zero gradients are found first (most
-        stop at their first element) and stepped in a pass of their own that notes whether
-        anything changed; the rest in one that does not, at full speed."""
+    ) -> Launch:
+        """``FusedKernel.prepare_launch`` on the CPU: the all-zero gradients are found
+        first (most stop at their first element) and stepped in a pass of their own that
+        notes whether anything changed; the rest in one that does not, at full speed."""
         loops = loops_for(rule.name, rule.update)
         params = plan.params
         param_addresses, grad_addresses = addresses
@@ -70,13 +70,12 @@ class FusedCpuKernel(FusedKernel):
         else:
             watched = np.zeros(len(params), np.bool_)
         counts_steps = plan.step_addresses is not None
-        steps = advance_steps(rule, plan) if counts_steps else np.zeros(len(params))
+        steps = advance_steps(rule, plan, write=False) if counts_steps else np.zeros(len(params))
         keys = np.stack([steps, plan.fresh])
-        plan.fresh = np.zeros(len(params), np.bool_)
-        moved = np.zeros(len(params), np.bool_)
         uniform = (keys == keys[:, :1]).all()
         slot_likes = [like if dtype is None else _like(dtype) for dtype in plan.slot_dtypes]
         slot_types = tuple(plan.slot_dtypes)
+        passes = []  # (specialization, arguments, work items, their changed flags or None)
         for step, fresh in (keys[:, :1] if uniform else np.unique(keys, axis=1)).T:
             noise = None
             if plan.rounds_stochastically(spec):
@@ -91,21 +90,33 @@ class FusedCpuKernel(FusedKernel):
                 chosen = slice(None) if tensors.all() else np.flatnonzero(tensors[plan.items])
                 items = plan.items[chosen]
                 changed = np.zeros(len(items), np.bool_) if watch else None
-                loops.run(
-                    "fused_pass", (dtype, slot_types, noise is None, watch, type(c)),
+                specialization = (dtype, slot_types, noise is None, watch, type(c))
+                arguments = (
                     c, decay, like, param_addresses, grad_addresses, *plan.slots, *slot_likes, *plan.scales,
                     noise, plan.tensor_ids, items, plan.starts[chosen], plan.ends[chosen], changed,
                 )
-                if watch:
+                loops.ensure("fused_pass", specialization, *arguments)
+                passes.append((specialization, arguments, items, changed))
+
+        def launch() -> list[Tensor]:
+            if counts_steps:
+                advance_steps(rule, plan, write=True)
+            plan.fresh = np.zeros(len(params), np.bool_)
+            moved = np.zeros(len(params), np.bool_)
+            for specialization, arguments, items, changed in passes:
+                loops.run("fused_pass", specialization, *arguments)
+                if changed is not None:
                     moved[items[changed]] = True
-        return [params[i] for i in np.flatnonzero(moved)]
+            return [params[i] for i in np.flatnonzero(moved)]
+
+        return launch
 
 
-def advance_steps(rule: Rule, plan: FusedPlan) -> np.ndarray:
-    """Add 1 to each of ``plan``'s step counters (CPU tensors, in their own dtype, as
-    ``step += 1`` would) and return the new counts."""
+def advance_steps(rule: Rule, plan: FusedPlan, *, write: bool) -> np.ndarray:
+    """Each of ``plan``'s step counters (CPU tensors) plus 1, in its own dtype, as
+    ``step += 1`` computes it; with ``write``, stored in the counters too."""
     loops = loops_for(rule.name, rule.update)
-    return loops.run("advance_steps", (plan.step_dtype,), plan.step_addresses, _like(plan.step_dtype))
+    return loops.run("advance_steps", (plan.step_dtype,), plan.step_addresses, _like(plan.step_dtype), write)
 
 
 def readable(tensors: Sequence[Tensor]) -> list[bool]:

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from adamkit.kernels.fused import FusedKernel, FusedPlan, storage_dtype
+from adamkit.kernels.fused import FusedKernel, FusedPlan, Launch, storage_dtype
 from adamkit.rules import EXACT, Rule, decay_coefficients
-from adamkit.state.formats import CODE_VALUES, OCTAVE_MIDPOINTS, StateSpec
+from adamkit.state.formats import CODE_VALUES, StateSpec
 
 BLOCK = 2048
 ROWS = 8  # parameter, gradient, three state slots, their int8 scales
@@ -80,7 +80,6 @@ class _Tables:
         self.block_start = _upload(plan.starts, device, torch.int64)
         self.tensor_ids = _upload(plan.tensor_ids, device, torch.int64)
         self.codebook = _upload(CODE_VALUES, device, torch.float32)
-        self.midpoints = _upload(OCTAVE_MIDPOINTS, device, torch.int32)
         self.flags = torch.zeros(2 * len(plan.params), dtype=torch.int32, device=device)
         self.flags_on_host: Tensor | None = None
         self.flags_ready: torch.cuda.Event | None = None
@@ -105,10 +104,10 @@ class FusedCudaKernel(FusedKernel):
     def supports(cls, t: Tensor) -> bool:
         return super().supports(t) and triton_available()
 
-    def launch(
+    def prepare_launch(
         self, rule: Rule, plan: FusedPlan, addresses: tuple[np.ndarray, np.ndarray], hp: Mapping, spec: StateSpec,
         *, decoupled_weight_decay: bool, report_moved: bool,
-    ) -> list[Tensor]:
+    ) -> Launch:
         from adamkit.kernels.compile_cache import triton_loops_for
         from adamkit.kernels.fused_cpu import advance_steps
 
@@ -116,19 +115,16 @@ class FusedCudaKernel(FusedKernel):
         if tables is None:
             tables = plan.launch_data["tables"] = _Tables(plan, addresses)
         tables.follow_grads(addresses[1])
-        moved = self._moved_last_time(plan, tables)
         dtype = storage_dtype(plan.dtype)
         compute = torch.float64 if dtype is torch.float64 else torch.float32
         decay = decay_coefficients(hp, decoupled=decoupled_weight_decay)
         counts_steps = plan.step_addresses is not None
-        steps = advance_steps(rule, plan) if counts_steps else np.zeros(len(plan.params))
+        steps = advance_steps(rule, plan, write=False) if counts_steps else np.zeros(len(plan.params))
         keys = np.stack([steps, plan.fresh])
-        plan.fresh = np.zeros(len(plan.params), np.bool_)
         uniform = (keys == keys[:, :1]).all()
         loops = triton_loops_for(rule)
         slot_types = [None if dtype is None else _triton_dtype(dtype) for dtype in plan.slot_dtypes]
-        if report_moved:
-            tables.flags.zero_()
+        passes = []  # (coefficients, their count, block tables, the rounding's step)
         for step, fresh in (keys[:, :1] if uniform else np.unique(keys, axis=1)).T:
             c = rule.coefficients(hp, float(step) if counts_steps else None, bool(fresh), EXACT)
             values = _upload(np.array([*map(float, c), *map(float, decay)]), plan.device, compute)
@@ -138,18 +134,32 @@ class FusedCudaKernel(FusedKernel):
                 chosen = np.flatnonzero(((keys[0] == step) & (keys[1] == fresh))[plan.items])
                 block_tensor = _upload(plan.items[chosen].astype(np.int32), plan.device, torch.int32)
                 block_start = _upload(plan.starts[chosen], plan.device, torch.int64)
-            loops.fused_pass[(len(block_tensor),)](
-                tables.addresses, tables.elements, block_tensor, block_start, values, values[len(c):],
-                tables.flags, len(plan.params), tables.tensor_ids,
-                spec.seed & 0xFFFFFFFF, int(step if counts_steps else spec.rounds) & 0xFFFFFFFF,
-                tables.codebook, tables.midpoints,
-                STORAGE=_triton_dtype(dtype), COMPUTE=_triton_dtype(compute),
-                SLOT0=slot_types[0], SLOT1=slot_types[1], SLOT2=slot_types[2],
-                WATCH=report_moved, BLOCK=self.item_elements, STOCHASTIC=plan.rounds_stochastically(spec), enable_fp_fusion=False,
-            )
-        if report_moved:
-            self._read_flags_later(tables)
-        return moved
+            passes.append((values, len(c), block_tensor, block_start, int(step if counts_steps else spec.rounds)))
+        constants = dict(
+            STORAGE=_triton_dtype(dtype), COMPUTE=_triton_dtype(compute),
+            SLOT0=slot_types[0], SLOT1=slot_types[1], SLOT2=slot_types[2],
+            WATCH=report_moved, BLOCK=self.item_elements, STOCHASTIC=plan.rounds_stochastically(spec),
+        )
+
+        def launch() -> list[Tensor]:
+            moved = self._moved_last_time(plan, tables)
+            if counts_steps:
+                advance_steps(rule, plan, write=True)
+            plan.fresh = np.zeros(len(plan.params), np.bool_)
+            if report_moved:
+                tables.flags.zero_()
+            for values, count, block_tensor, block_start, round_ in passes:
+                loops.fused_pass[(len(block_tensor),)](
+                    tables.addresses, tables.elements, block_tensor, block_start, values, values[count:],
+                    tables.flags, len(plan.params), tables.tensor_ids,
+                    spec.seed & 0xFFFFFFFF, round_ & 0xFFFFFFFF, tables.codebook,
+                    **constants, enable_fp_fusion=False,
+                )
+            if report_moved:
+                self._read_flags_later(tables)
+            return moved
+
+        return launch
 
     @staticmethod
     def _read_flags_later(tables: _Tables) -> None:

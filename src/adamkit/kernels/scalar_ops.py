@@ -23,7 +23,10 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 from numba.np.numpy_support import as_dtype
 
-from adamkit.state.formats import OCTAVE_MIDPOINTS
+from adamkit.state.formats import (
+    SIGNED_INF, SIGNED_MANTISSA_BITS, SIGNED_NAN, SIGNED_STEPS, TAIL_BITS, UNSIGNED_INF, UNSIGNED_MANTISSA_BITS,
+    OVERFLOW_BITS, UNSIGNED_NAN, UNSIGNED_STEPS, octave_bases,
+)
 
 
 # numba has no bf16 or fp16 arrays; their bits travel as 16-bit integers.
@@ -321,13 +324,13 @@ def _clone(x):
 
 
 # int8 block state (adamkit.state.formats): codes and one fp32 scale per 256 values,
-# negative for a block in the signed code. Both directions are computed in 32-bit
-# integer operations and selects, no table lookups, so that the loops vectorize; the
-# values are the formats' CODE_VALUES bit for bit (tested against them for every code).
+# its sign bit set for a block in the signed code. Both directions are computed in
+# 32-bit integer operations and selects, no table lookups, so that the loops vectorize;
+# the values are the formats' CODE_VALUES bit for bit (tested against them for every code).
 _I32 = ir.IntType(32)
 _F32 = ir.FloatType()
-# Mantissa bits of 2^(j/8), j = 0..7: the code values within one octave.
-_ROOT_MANTISSAS = [int(np.float32(2 ** (j / 8)).view(np.uint32)) & 0x7FFFFF for j in range(8)]
+_SIGN = -(2**31)
+_NAN_BITS, _INF_BITS = 0x7FC00000, 0x7F800000
 
 
 def _i32(value: int) -> ir.Constant:
@@ -338,53 +341,108 @@ def _magnitude(builder, value):
     return builder.bitcast(builder.and_(builder.bitcast(value, _I32), _i32(0x7FFFFFFF)), _F32)
 
 
+def _select_by_octave(builder, index, per_octave, tail):
+    """``per_octave[index]`` where ``index`` is one of its positions, else ``tail``."""
+    result = tail
+    for position, value in enumerate(per_octave):
+        result = builder.select(builder.icmp_signed("==", index, _i32(position)), value, result)
+    return result
+
+
+def _profile(builder, is_signed, unsigned, signed):
+    """One value of each code's profile, chosen by the block's kind."""
+    return [builder.select(is_signed, _i32(s), _i32(u)) for u, s in zip(unsigned, signed)]
+
+
+_UNSIGNED_BASES, _SIGNED_BASES = octave_bases(UNSIGNED_MANTISSA_BITS), octave_bases(SIGNED_MANTISSA_BITS)
+_OCTAVES = len(UNSIGNED_MANTISSA_BITS)  # octaves with their own mantissa bits, the same count for both codes
+
+
 @intrinsic
 def int8_code(typingctx, value, absmax, signed):
-    """The code of ``value`` (fp32) in a block of largest magnitude ``absmax``, in the
-    signed code if ``signed`` (nonzero): 8 steps per octave below ``absmax``, found by
-    comparing the ratio's mantissa with the octave's midpoints. Zero, underflow and
-    NaN ratios code as 0."""
+    """The code of ``value`` (fp32) in a block whose largest magnitude under OVERFLOW is
+    ``absmax``, in the signed code if ``signed`` (nonzero): the ratio to ``absmax``
+    rounded to the nearest step of its octave (halves up). Zero, underflow and NaN
+    ratios code as 0; NaN gets its code, infinite and overflowing values the infinities'."""
     def codegen(context, builder, signature, args):
         value, absmax, signed = args
-        ratio = builder.fdiv(_magnitude(builder, value), absmax)
-        bits = builder.bitcast(ratio, _I32)
-        mantissa = builder.and_(bits, _i32(0x7FFFFF))
-        position = _i32(0)
-        for midpoint in OCTAVE_MIDPOINTS:
-            position = builder.add(position, builder.zext(builder.icmp_signed(">=", mantissa, _i32(int(midpoint))), _I32))
         is_signed = builder.icmp_unsigned("!=", signed, ir.Constant(signed.type, 0))
-        octaves = builder.sub(builder.lshr(bits, _i32(23)), _i32(127))
-        code = builder.add(builder.add(builder.select(is_signed, _i32(127), _i32(255)), builder.shl(octaves, _i32(3))), position)
-        kept = builder.and_(builder.fcmp_ordered(">", ratio, ir.Constant(_F32, 0.0)), builder.icmp_signed(">=", code, _i32(1)))
+        magnitude = _magnitude(builder, value)
+        ratio = builder.fdiv(magnitude, absmax)
+        bits = builder.bitcast(ratio, _I32)
+        octave = builder.sub(_i32(126), builder.lshr(bits, _i32(23)))
+        fraction = builder.and_(bits, _i32(0x7FFFFF))
+        widths = _profile(builder, is_signed, UNSIGNED_MANTISSA_BITS, SIGNED_MANTISSA_BITS)
+        bases = _profile(builder, is_signed, _UNSIGNED_BASES, _SIGNED_BASES)
+        tail_base = builder.add(bases[-1], builder.shl(builder.sub(octave, _i32(_OCTAVES)), _i32(TAIL_BITS)))
+        width = _select_by_octave(builder, octave, widths, _i32(TAIL_BITS))
+        base = _select_by_octave(builder, octave, bases[:-1], tail_base)
+        half = builder.shl(_i32(1), builder.sub(_i32(22), width))
+        j = builder.lshr(builder.add(fraction, half), builder.sub(_i32(23), width))
+        steps = builder.sub(builder.add(base, builder.shl(_i32(1), width)), j)
+        steps = builder.select(builder.fcmp_ordered(">=", ratio, ir.Constant(_F32, 1.0)), _i32(0), steps)
+        limit = builder.select(is_signed, _i32(SIGNED_STEPS), _i32(UNSIGNED_STEPS))
+        kept = builder.and_(builder.fcmp_ordered(">", ratio, ir.Constant(_F32, 0.0)), builder.icmp_signed("<", steps, limit))
+        code = builder.sub(builder.select(is_signed, _i32(127), _i32(255)), steps)
         code = builder.select(kept, code, _i32(0))
-        negative = builder.and_(is_signed, builder.fcmp_ordered("<", value, ir.Constant(_F32, 0.0)))
-        return builder.trunc(builder.select(negative, builder.sub(_i32(0), code), code), ir.IntType(8))
+        negative = builder.fcmp_ordered("<", value, ir.Constant(_F32, 0.0))
+        code = builder.select(builder.and_(is_signed, negative), builder.sub(_i32(0), code), code)
+        infinity = builder.select(
+            is_signed, builder.select(negative, _i32(-SIGNED_INF), _i32(SIGNED_INF)), _i32(UNSIGNED_INF)
+        )
+        overflowing = builder.fcmp_ordered(">=", magnitude, builder.bitcast(_i32(OVERFLOW_BITS), _F32))
+        code = builder.select(overflowing, infinity, code)
+        nan = builder.select(is_signed, _i32(SIGNED_NAN), _i32(UNSIGNED_NAN))
+        code = builder.select(builder.fcmp_unordered("uno", value, value), nan, code)
+        return builder.trunc(code, ir.IntType(8))
 
     return types.int8(types.float32, types.float32, types.uint32), codegen
 
 
 @intrinsic
 def int8_value(typingctx, code, scale):
-    """The fp32 value of ``code`` in a block with this ``scale``: unsigned code n is
-    2^((n - 255) / 8), signed code c is sign(c) 2^((|c| - 127) / 8) (-128, never written,
-    reads as -1), code 0 is 0; times |scale|."""
+    """The fp32 value of ``code`` in a block with this ``scale`` (signed code if its sign
+    bit is set): its step's ratio times |scale|; 0, NaN and infinities for their codes."""
     def codegen(context, builder, signature, args):
         code, scale = args
         signed_code, unsigned_code = builder.sext(code, _I32), builder.zext(code, _I32)
-        signed = builder.fcmp_ordered("<", scale, ir.Constant(_F32, 0.0))
+        is_signed = builder.icmp_signed("<", builder.bitcast(scale, _I32), _i32(0))
         negative = builder.icmp_signed("<", signed_code, _i32(0))
-        magnitude = builder.select(negative, builder.sub(_i32(0), signed_code), signed_code)
-        magnitude = builder.select(builder.icmp_signed(">", magnitude, _i32(127)), _i32(127), magnitude)
-        eighths = builder.select(signed, builder.sub(magnitude, _i32(127)), builder.sub(unsigned_code, _i32(255)))
-        step = builder.and_(eighths, _i32(7))
-        mantissa = _i32(_ROOT_MANTISSAS[0])
-        for j in range(1, 8):
-            mantissa = builder.select(builder.icmp_signed("==", step, _i32(j)), _i32(_ROOT_MANTISSAS[j]), mantissa)
-        bits = builder.or_(builder.shl(builder.add(builder.ashr(eighths, _i32(3)), _i32(127)), _i32(23)), mantissa)
-        zero = builder.icmp_signed("==", builder.select(signed, signed_code, unsigned_code), _i32(0))
-        bits = builder.select(zero, _i32(0), bits)
-        bits = builder.or_(bits, builder.select(builder.and_(signed, negative), _i32(-(2**31)), _i32(0)))
-        return builder.fmul(builder.bitcast(bits, _F32), _magnitude(builder, scale))
+        size = builder.select(negative, builder.sub(_i32(0), signed_code), signed_code)
+        steps = builder.select(is_signed, builder.sub(_i32(127), size), builder.sub(_i32(255), unsigned_code))
+        regular = builder.select(
+            is_signed,
+            builder.and_(builder.icmp_signed(">=", size, _i32(2)), builder.icmp_signed("<=", size, _i32(127))),
+            builder.icmp_signed(">=", unsigned_code, _i32(3)),
+        )
+        widths = _profile(builder, is_signed, UNSIGNED_MANTISSA_BITS, SIGNED_MANTISSA_BITS)
+        bases = _profile(builder, is_signed, _UNSIGNED_BASES, _SIGNED_BASES)
+        tail_steps = builder.sub(steps, bases[-1])
+        octave = builder.add(_i32(_OCTAVES), builder.ashr(tail_steps, _i32(TAIL_BITS)))
+        offset = builder.and_(tail_steps, _i32((1 << TAIL_BITS) - 1))
+        width = _i32(TAIL_BITS)
+        for e in reversed(range(_OCTAVES)):
+            below = builder.icmp_signed("<", steps, bases[e + 1])
+            octave = builder.select(below, _i32(e), octave)
+            offset = builder.select(below, builder.sub(steps, bases[e]), offset)
+            width = builder.select(below, widths[e], width)
+        top = builder.shl(builder.sub(_i32(127), octave), _i32(23))
+        mantissa = builder.shl(builder.sub(builder.shl(_i32(1), width), offset), builder.sub(_i32(23), width))
+        inside = builder.or_(builder.shl(builder.sub(_i32(126), octave), _i32(23)), mantissa)
+        bits = builder.select(builder.icmp_signed("==", offset, _i32(0)), top, inside)
+        value = builder.fmul(builder.bitcast(bits, _F32), _magnitude(builder, scale))
+        value_bits = builder.bitcast(value, _I32)
+        value_bits = builder.or_(value_bits, builder.select(builder.and_(is_signed, negative), _i32(_SIGN), _i32(0)))
+        value_bits = builder.select(regular, value_bits, _i32(0))
+        infinity = builder.select(
+            is_signed,
+            builder.select(builder.icmp_signed("==", size, _i32(SIGNED_INF)),
+                           builder.select(negative, _i32(_SIGN | _INF_BITS), _i32(_INF_BITS)), value_bits),
+            builder.select(builder.icmp_signed("==", unsigned_code, _i32(UNSIGNED_INF)), _i32(_INF_BITS), value_bits),
+        )
+        nan = builder.select(is_signed, builder.icmp_signed("==", signed_code, _i32(SIGNED_NAN)),
+                             builder.icmp_signed("==", unsigned_code, _i32(UNSIGNED_NAN)))
+        return builder.bitcast(builder.select(nan, _i32(_NAN_BITS), infinity), _F32)
 
     return types.float32(types.int8, types.float32), codegen
 
@@ -392,15 +450,17 @@ def int8_value(typingctx, code, scale):
 @njit  # once per block: a call costs nothing, and inlining it trips numba's SSA check
 def store_int8_block(codes, scales, block, values, count):
     """Code ``values[:count]`` (fp32), the new values of one block of 256, into int8."""
-    # The largest magnitude, as the largest bit pattern of |value|: an integer maximum
-    # vectorizes, a float one cannot without fast-math; a NaN's pattern wins, as it should.
+    # The largest magnitude under OVERFLOW, as the largest bit pattern of |value| below
+    # its pattern: an integer maximum vectorizes, a float one cannot without fast-math.
     largest = np.uint32(0)
     signed = np.uint32(0)
     for k in range(count):
-        largest = max(largest, _float_bits(values[k]) & np.uint32(0x7FFFFFFF))
+        magnitude = _float_bits(values[k]) & np.uint32(0x7FFFFFFF)
+        kept = np.uint32(magnitude < np.uint32(OVERFLOW_BITS))
+        largest = max(largest, magnitude * kept)
         signed = max(signed, np.uint32(values[k] < 0))
     absmax = _bits_float(largest)
-    scales[block] = -absmax if signed else absmax
+    scales[block] = _bits_float(largest | (signed << np.uint32(31)))
     start = block * 256
     for k in range(count):
         codes[start + k] = int8_code(values[k], absmax, signed)
@@ -413,8 +473,9 @@ def block_scale(coded, scales, block):
     """An int8 slot's scale for ``block``; 0 for other slots."""
 
 
-def read_state(values, scale, coded, index):
-    """The slot's value at ``index``, in its compute type (an int8 slot's in fp32)."""
+def read_state(values, scale, coded, index, like):
+    """The slot's value at ``index`` in the compute type, the type of ``like`` (fp64 for
+    fp64 parameters, whose bf16 or int8 state loads as fp32)."""
 
 
 def keep_state(slot, coded, values, index, value, key, held, row, position):
@@ -434,10 +495,11 @@ def _block_scale(coded, scales, block):
 
 
 @overload(read_state, inline="always")
-def _read_state(values, scale, coded, index):
+def _read_state(values, scale, coded, index, like):
+    compute = as_dtype(like).type
     if isinstance(coded, types.NoneType):
-        return lambda values, scale, coded, index: load(values, index)
-    return lambda values, scale, coded, index: int8_value(values[index], scale)
+        return lambda values, scale, coded, index, like: compute(load(values, index))
+    return lambda values, scale, coded, index, like: compute(int8_value(values[index], scale))
 
 
 def _keep_nothing(slot, coded, values, index, value, key, held, row, position):

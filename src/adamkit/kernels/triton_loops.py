@@ -57,9 +57,9 @@ def _slot(tables, row: tl.constexpr, t, count, offsets, mask, STORAGE: tl.conste
 
 @triton.jit
 def _keep(tables, row: tl.constexpr, t, count, pointer, value, offsets, mask, STORAGE: tl.constexpr, key,
-          STOCHASTIC: tl.constexpr, midpoints, BLOCK: tl.constexpr):
+          STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr):
     if STORAGE == tl.int8:
-        codes, block_scales = triton_ops.encode_int8(value, mask, midpoints, BLOCK)
+        codes, block_scales = triton_ops.encode_int8(value, mask, BLOCK)
         tl.store(pointer + offsets, codes, mask=mask)
         scales = tl.load(tables + (row + SCALE_ROWS) * count + t).to(tl.pointer_type(tl.float32))
         first = tl.min(offsets, axis=0)  # the block's start, a multiple of 256
@@ -73,7 +73,7 @@ def _keep(tables, row: tl.constexpr, t, count, pointer, value, offsets, mask, ST
 @triton.jit
 def fused_pass(
     tables, elements, block_tensor, block_start, coefficients, decay_coefficients, flags, count,
-    tensor_ids, noise_seed, noise_round, codebook, midpoints,
+    tensor_ids, noise_seed, noise_round, codebook,
     STORAGE: tl.constexpr, COMPUTE: tl.constexpr,
     SLOT0: tl.constexpr, SLOT1: tl.constexpr, SLOT2: tl.constexpr, WATCH: tl.constexpr, BLOCK: tl.constexpr,
     STOCHASTIC: tl.constexpr,
@@ -81,7 +81,7 @@ def fused_pass(
     """Step one block. ``SLOT0``...``SLOT2`` are the slots' storage dtypes, None for a
     slot the parameters lack (not read or written; the rule gets the gradient in its
     place and never uses it). An int8 slot is decoded with ``codebook`` and coded
-    with the octave ``midpoints``, a block of 256 at a time. With ``STOCHASTIC``, bf16
+    a block of 256 at a time. With ``STOCHASTIC``, bf16
     state is rounded stochastically, keyed by the seed, the step and the tensor's id.
     With ``WATCH``, ``flags[2t]`` is set if any gradient element of tensor t is nonzero,
     ``flags[2t + 1]`` if any parameter element changed (as stored)."""
@@ -105,12 +105,12 @@ def fused_pass(
     tl.store(param_pointer + offsets, stored, mask=mask)
     key01 = triton_ops.noise_key(noise_seed, noise_round, tensor_id, 0)  # slots 0 and 1 share it
     if SLOT0 is not None:
-        _keep(tables, 2, t, count, s0_pointer, y0, offsets, mask, SLOT0, key01, STOCHASTIC, midpoints, BLOCK)
+        _keep(tables, 2, t, count, s0_pointer, y0, offsets, mask, SLOT0, key01, STOCHASTIC, BLOCK)
     if SLOT1 is not None:
-        _keep(tables, 3, t, count, s1_pointer, y1, offsets, mask, SLOT1, key01, STOCHASTIC, midpoints, BLOCK)
+        _keep(tables, 3, t, count, s1_pointer, y1, offsets, mask, SLOT1, key01, STOCHASTIC, BLOCK)
     if SLOT2 is not None:
         key = triton_ops.noise_key(noise_seed, noise_round, tensor_id, 2)
-        _keep(tables, 4, t, count, s2_pointer, y2, offsets, mask, SLOT2, key, STOCHASTIC, midpoints, BLOCK)
+        _keep(tables, 4, t, count, s2_pointer, y2, offsets, mask, SLOT2, key, STOCHASTIC, BLOCK)
     if WATCH:
         nonzero = tl.max(((grad != 0) & mask).to(tl.int32), axis=0)
         changed = tl.max(((stored.to(COMPUTE) != old) & mask).to(tl.int32), axis=0)

@@ -11,6 +11,11 @@ division and square root are the IEEE ones (``tl.div_rn``, ``tl.sqrt_rn``; Trito
 import triton
 import triton.language as tl
 
+from adamkit.state.formats import (
+    SIGNED_INF, SIGNED_MANTISSA_BITS, SIGNED_NAN, SIGNED_STEPS, TAIL_BITS, UNSIGNED_INF, UNSIGNED_MANTISSA_BITS,
+    OVERFLOW_BITS, UNSIGNED_NAN, UNSIGNED_STEPS, octave_bases,
+)
+
 
 @triton.jit
 def lerp(start, end, weight):
@@ -74,7 +79,7 @@ def to_storage(value, STORAGE: tl.constexpr):
     rounded with integer arithmetic, as ``scalar_ops`` does on the CPU: the same on the
     GPU and in Triton's interpreter, whose own conversion truncates."""
     if STORAGE == tl.bfloat16:
-        bits = value.to(tl.uint32, bitcast=True)
+        bits = value.to(tl.float32).to(tl.uint32, bitcast=True)  # fp64 values: rounded to fp32 first, as on the CPU
         rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).to(tl.uint16)
         rounded = tl.where(value != value, tl.full(rounded.shape, 0x7FC0, tl.uint16), rounded)
         return rounded.to(tl.bfloat16, bitcast=True)
@@ -105,7 +110,7 @@ def to_state(value, STORAGE: tl.constexpr, key, offsets, STOCHASTIC: tl.constexp
     ``key`` (element i drawing the bits ``scalar_ops.store_state`` would) when
     ``STOCHASTIC``, else ``to_storage``."""
     if STOCHASTIC and STORAGE == tl.bfloat16:
-        bits = value.to(tl.uint32, bitcast=True)
+        bits = value.to(tl.float32).to(tl.uint32, bitcast=True)
         noise = (_mix32(key ^ offsets.to(tl.uint32)) >> (16 * (SLOT % 2))) & 0xFFFF
         rounded = ((bits + noise) >> 16).to(tl.uint16)
         rounded = tl.where(value != value, tl.full(rounded.shape, 0x7FC0, tl.uint16), rounded)
@@ -114,38 +119,65 @@ def to_state(value, STORAGE: tl.constexpr, key, offsets, STOCHASTIC: tl.constexp
 
 
 # int8 block state (adamkit.state.formats), as scalar_ops stores it on the CPU: codes,
-# one fp32 scale per 256 values (negative for a signed block) and a codebook of the
-# codes' values by ``code & 255``, unsigned then signed.
+# one fp32 scale per 256 values (sign bit set for a signed block) and a codebook of the
+# codes' values for a scale of 1, by ``code & 255``, unsigned then signed.
+assert len(UNSIGNED_MANTISSA_BITS) == len(SIGNED_MANTISSA_BITS) == 3  # the selects below
+_U0, _U1, _U2 = (tl.constexpr(bits) for bits in UNSIGNED_MANTISSA_BITS)
+_S0, _S1, _S2 = (tl.constexpr(bits) for bits in SIGNED_MANTISSA_BITS)
+_UB1, _UB2, _UB3 = (tl.constexpr(base) for base in octave_bases(UNSIGNED_MANTISSA_BITS)[1:])
+_SB1, _SB2, _SB3 = (tl.constexpr(base) for base in octave_bases(SIGNED_MANTISSA_BITS)[1:])
+_TAIL = tl.constexpr(TAIL_BITS)
+_U_STEPS, _S_STEPS = tl.constexpr(UNSIGNED_STEPS), tl.constexpr(SIGNED_STEPS)
+_U_NAN, _U_INF, _S_NAN, _S_INF = (tl.constexpr(code) for code in (UNSIGNED_NAN, UNSIGNED_INF, SIGNED_NAN, SIGNED_INF))
+_OVERFLOW_BITS = tl.constexpr(OVERFLOW_BITS)
+
+
 @triton.jit
 def decode_int8(codes, scales, codebook):
     """fp32 values of ``codes`` (int8) in blocks with these ``scales`` (one per element)."""
-    index = (codes.to(tl.int32) & 255) + 256 * (scales < 0).to(tl.int32)
-    return tl.load(codebook + index) * tl.abs(scales)
+    signed = scales.to(tl.int32, bitcast=True) < 0
+    index = (codes.to(tl.int32) & 255) + 256 * signed.to(tl.int32)
+    ratio = tl.load(codebook + index)
+    finite = ratio - ratio == 0
+    return tl.where(finite, ratio * tl.abs(scales), ratio)
 
 
 @triton.jit
-def encode_int8(values, mask, midpoints, BLOCK: tl.constexpr):
+def encode_int8(values, mask, BLOCK: tl.constexpr):
     """``(codes, scales)``: ``values`` (``BLOCK`` of them, 256-aligned) coded blockwise
     as ``scalar_ops.store_int8_block`` codes them; the elements outside ``mask`` are left
     out of each block's scale."""
     narrow = values.to(tl.float32)
     bits = narrow.to(tl.uint32, bitcast=True)
-    magnitude_bits = tl.where(mask, bits & 0x7FFFFFFF, 0)
+    magnitude_bits = bits & 0x7FFFFFFF
+    kept = magnitude_bits < _OVERFLOW_BITS
     negative = mask & (narrow < 0)
-    # The largest magnitude as the largest bit pattern, a NaN's included, as on the CPU.
-    largest = tl.max(tl.reshape(magnitude_bits, (BLOCK // 256, 256)), axis=1)
+    # The largest magnitude under OVERFLOW as the largest bit pattern, as on the CPU.
+    largest = tl.max(tl.reshape(tl.where(mask & kept, magnitude_bits, 0), (BLOCK // 256, 256)), axis=1)
     signed = tl.max(tl.reshape(negative.to(tl.int32), (BLOCK // 256, 256)), axis=1)
+    scales = (largest | (signed.to(tl.uint32) << 31)).to(tl.float32, bitcast=True)
     absmax = largest.to(tl.float32, bitcast=True)
-    scales = tl.where(signed != 0, -absmax, absmax)
 
     element_absmax = tl.reshape(tl.broadcast_to(absmax[:, None], (BLOCK // 256, 256)), (BLOCK,))
-    element_signed = tl.reshape(tl.broadcast_to(signed[:, None], (BLOCK // 256, 256)), (BLOCK,))
+    is_signed = tl.reshape(tl.broadcast_to(signed[:, None], (BLOCK // 256, 256)), (BLOCK,)) != 0
     # An all-zero block's ratios are 0 (the CPU's 0 / 0 gives NaN, coded 0 all the same).
-    ratio = tl.div_rn(tl.abs(narrow), tl.where(element_absmax == 0, 1.0, element_absmax))
+    ratio = tl.div_rn(magnitude_bits.to(tl.float32, bitcast=True), tl.where(element_absmax == 0, 1.0, element_absmax))
     ratio_bits = ratio.to(tl.int32, bitcast=True)
-    mantissa = ratio_bits & 0x7FFFFF
-    position = tl.sum((mantissa[:, None] >= tl.load(midpoints + tl.arange(0, 8))[None, :]).to(tl.int32), axis=1)
-    code = 255 - 128 * element_signed + 8 * ((ratio_bits >> 23) - 127) + position
-    code = tl.where((ratio > 0) & (code >= 1), code, 0)
-    code = tl.where((element_signed != 0) & (narrow < 0), -code, code)
+    octave = 126 - (ratio_bits >> 23)
+    fraction = ratio_bits & 0x7FFFFF
+    b1 = tl.where(is_signed, _SB1, _UB1)
+    b2 = tl.where(is_signed, _SB2, _UB2)
+    b3 = tl.where(is_signed, _SB3, _UB3)
+    width = tl.where(octave == 0, tl.where(is_signed, _S0, _U0),
+                     tl.where(octave == 1, tl.where(is_signed, _S1, _U1),
+                              tl.where(octave == 2, tl.where(is_signed, _S2, _U2), _TAIL)))
+    base = tl.where(octave == 0, 0, tl.where(octave == 1, b1, tl.where(octave == 2, b2, b3 + ((octave - 3) << _TAIL))))
+    j = (fraction + (1 << (22 - width))) >> (23 - width)
+    steps = tl.where(ratio >= 1, 0, base + (1 << width) - j)
+    kept = (ratio > 0) & (steps < tl.where(is_signed, _S_STEPS, _U_STEPS))
+    code = tl.where(kept, tl.where(is_signed, 127, 255) - steps, 0)
+    code = tl.where(is_signed & (narrow < 0), -code, code)
+    infinity = tl.where(is_signed, tl.where(narrow < 0, -_S_INF, _S_INF), _U_INF)
+    code = tl.where((magnitude_bits >= _OVERFLOW_BITS) & (magnitude_bits <= 0x7F800000), infinity, code)
+    code = tl.where(magnitude_bits > 0x7F800000, tl.where(is_signed, _S_NAN, _U_NAN), code)
     return (code & 255).to(tl.uint8).to(tl.int8, bitcast=True), scales

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 from torch import Tensor
 
 from adamkit import rules
-from adamkit.optimizers.base import RuleOptimizer, check_non_negative, check_tensor_lr
+from adamkit.optimizers.base import RuleOptimizer
+from adamkit.optimizers.hyperparameters import check_non_negative, check_tensor_lr
 from adamkit.state.formats import MIN_ELEMENTS
 
 if TYPE_CHECKING:

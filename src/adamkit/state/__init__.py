@@ -6,6 +6,7 @@ shows torch's per-parameter tensors. Narrower formats (bf16, 8-bit blockwise) be
 here too: kernels read and write state through a format's load and store.
 """
 
-from adamkit.state.flat import TrackedState, allocate_flat_state, is_dense, like_param, local_tensor
+from adamkit.state.flat import TrackedState, allocate_flat_state, like_param, local_tensor
+from adamkit.state.layout import is_dense, memory_order
 
-__all__ = ["TrackedState", "allocate_flat_state", "is_dense", "like_param", "local_tensor"]
+__all__ = ["TrackedState", "allocate_flat_state", "is_dense", "like_param", "local_tensor", "memory_order"]

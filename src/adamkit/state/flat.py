@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from adamkit.state import formats
+from adamkit.state.layout import is_dense
 
 
 class TrackedState(dict):
@@ -60,25 +61,6 @@ def local_tensor(t: Tensor) -> Tensor:
     """The local shard of a DTensor (FSDP2), the tensor itself otherwise."""
     to_local = getattr(t, "to_local", None)
     return to_local() if to_local is not None else t
-
-
-def is_dense(t: Tensor) -> bool:
-    """``t``'s elements fill one block of memory without gaps or overlaps, in any
-    dimension order (contiguous, transposed, channels_last...).
-
-    >>> is_dense(torch.zeros(3, 4).t()), is_dense(torch.zeros(3, 4)[:, ::2])
-    (True, False)
-    """
-    if t.layout is not torch.strided:
-        return False
-    if t.numel() == 0:
-        return True
-    expected = 1
-    for stride, size in sorted((stride, size) for size, stride in zip(t.shape, t.stride()) if size != 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
 
 
 def _view_like(chunk: Tensor, local: Tensor) -> Tensor:
