@@ -19,6 +19,7 @@ from adamkit.kernels import fused, fused_cpu
 from adamkit.kernels.compile_cache import CompiledLoops
 from adamkit.kernels.fused_cuda import FusedCudaKernel
 from adamkit.optimizers import base, dispatch, gradient_checks
+from snapshots import same, snapshot
 
 
 class Injected(RuntimeError):
@@ -68,37 +69,6 @@ def _build(config: str, params):
     return cls(params, lr=0.01, skip_nonfinite=True, **kwargs)
 
 
-def _bits(t: torch.Tensor):
-    if t.is_sparse:
-        t = t.coalesce()
-        return ("sparse", _bits(t.indices()), _bits(t.values()))
-    return (t.dtype, tuple(t.shape), t.detach().contiguous().view(-1).view(torch.uint8).clone() if t.numel() else None)
-
-
-def _snapshot(optimizer, params):
-    state = {}
-    for index, p in enumerate(params):
-        if p in optimizer.state:
-            state[index] = {k: _bits(v) if torch.is_tensor(v) else v for k, v in optimizer.state[p].items()}
-    return {
-        "params": [_bits(p) for p in params],
-        "grads": [_bits(p.grad) for p in params],
-        "state": state,
-        "rounds": optimizer.rounds,
-        "skipped": optimizer.skipped_steps,
-    }
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
-    if isinstance(a, (tuple, list)):
-        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    return a == b
-
-
 def _second_call(target):
     """A replacement for ``target`` that fails on its second call in a step (a later group)."""
     calls = []
@@ -140,7 +110,7 @@ def test_a_step_that_raises_changes_nothing(config, stage, at_step, monkeypatch)
         if step < at_step:
             optimizer.step()
             twin.step()
-    before = _snapshot(optimizer, params)
+    before = snapshot(optimizer, params)
     owner, name, make = STAGES[stage]
     monkeypatch.setattr(owner, name, make(getattr(owner, name)))
     try:
@@ -151,10 +121,10 @@ def test_a_step_that_raises_changes_nothing(config, stage, at_step, monkeypatch)
         failed = False  # this configuration never reaches the stage: it must then have stepped normally
     monkeypatch.undo()
     if failed:
-        assert _same(_snapshot(optimizer, params), before), f"{stage} changed something"
+        assert same(snapshot(optimizer, params), before), f"{stage} changed something"
         optimizer.step()
     twin.step()
-    assert _same(_snapshot(optimizer, params), _snapshot(twin, twins)), "the repeated step differs"
+    assert same(snapshot(optimizer, params), snapshot(twin, twins)), "the repeated step differs"
 
 
 def test_the_cuda_kernel_changes_nothing_when_its_tables_fail(monkeypatch):
@@ -168,14 +138,35 @@ def test_the_cuda_kernel_changes_nothing_when_its_tables_fail(monkeypatch):
     optimizer = adamkit.Adam(params, lr=0.01, state_dtype="int8")
     for p, grad in zip(params, _grads(params, 0, False)):
         p.grad = grad
-    before = _snapshot(optimizer, params)
+    before = snapshot(optimizer, params)
     from adamkit.kernels import fused_cuda
 
     with monkeypatch.context() as patch:
         patch.setattr(fused_cuda, "_Tables", _raise)
         with pytest.raises(Injected):
             optimizer.step()
-    assert _same(_snapshot(optimizer, params), before)
+    assert same(snapshot(optimizer, params), before)
     optimizer.step()
     assert optimizer.last_step_kernels == {"fused_cuda": len(params)}
     assert all(float(optimizer.state[p]["step"]) == 1 for p in params)
+
+
+@pytest.mark.parametrize("capturable", [False, True])
+def test_a_step_captured_in_a_cuda_graph_must_be_capturable(capturable, monkeypatch):
+    """Captured, a step that computes its coefficients on the host would replay one step's
+    bias correction and lr forever: torch refuses it, and so does adamkit, before anything
+    changes. (No GPU here: the capture is simulated.)"""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    w = torch.nn.Parameter(torch.ones(10))
+    w.grad = torch.ones(10)
+    optimizer = adamkit.Adam([w], lr=0.1, capturable=capturable)
+    before = snapshot(optimizer, [w])
+    if capturable:
+        # Capturable is for CUDA tensors; a CPU one is refused as torch refuses it.
+        with pytest.raises(AssertionError, match="capturable=True"):
+            optimizer.step()
+    else:
+        with pytest.raises(RuntimeError, match="capturable is False; construct it with capturable=True"):
+            optimizer.step()
+    assert same(snapshot(optimizer, [w]), before)

@@ -82,6 +82,39 @@ def test_half_precision_is_computed_in_fp32_as_on_the_cpu(dtype, cuda_kernel_on_
     assert_bitwise_equal(cpu[1], cuda[1], cpu[3], cuda[3])
 
 
+@pytest.mark.parametrize("cls,kwargs", [(adamkit.Adam, dict(weight_decay=0.1, amsgrad=True)), (adamkit.SGD, dict(momentum=0.9))])
+def test_complex_parameters_step_as_their_real_view_as_on_the_cpu(cls, kwargs, cuda_kernel_on_cpu, monkeypatch):
+    """Complex state is read as its real view (it once failed to find a Triton type for complex64)."""
+    g = torch.Generator().manual_seed(3)
+    params = [torch.nn.Parameter(torch.randn(40, dtype=torch.complex64, generator=g)) for _ in range(2)]
+    cuda = run_side_by_side(cls, cls, params, dict(lr=0.01, **kwargs), steps=3)
+    monkeypatch.setattr(base, "_fused_kernels", lambda: [FusedCpuKernel()])
+    cpu = run_side_by_side(cls, cls, params, dict(lr=0.01, **kwargs), steps=3)
+    assert cuda[3].last_step_kernels == {"fused_cuda": len(params)}
+    assert_bitwise_equal(cpu[1], cuda[1], cpu[3], cuda[3])
+
+
+def test_cuda_parameters_without_triton_step_eagerly_with_a_warning(monkeypatch):
+    """Without Triton the fast path is off, and the user is told so, once."""
+    from adamkit.kernels import fused_cuda
+
+    monkeypatch.setattr(FusedCudaKernel, "device_type", "cpu")
+    monkeypatch.setattr(base, "_fused_kernels", lambda: [FusedCudaKernel()])
+    monkeypatch.setattr(fused_cuda, "triton_available", lambda: False)
+    fused_cuda._warn_without_triton.cache_clear()
+    w = torch.nn.Parameter(torch.ones(10))
+    optimizer = adamkit.Adam([w], lr=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            w.grad = torch.ones(10)
+            optimizer.step()
+    assert optimizer.last_step_kernels == {"eager": 1}
+    messages = [str(w.message) for w in caught if "Triton" in str(w.message)]
+    assert len(messages) == 1 and "pip install triton" in messages[0]
+    assert caught[0].filename == __file__
+
+
 def test_zero_grad_warning_comes_at_most_one_step_late(cuda_kernel_on_cpu):
     """The flags come back without waiting for the device, so the warning may come a
     step late; it names the parameter that moved."""
@@ -147,11 +180,88 @@ print(json.dumps(instructions))
 """
 
 
+# Steps taken as a user's first run takes them, each launch compiled for sm_90 with the
+# arguments Triton's launcher would see: its own binder specializes them (an integer
+# equal to 1 becomes a constant, a multiple of 16 gets that fact, pointers their
+# alignment), which the interpreter never does. Nothing is launched.
+LAUNCHES_FOR_H100 = """
+import json, re, warnings, torch, triton, adamkit
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, make_backend
+from triton.runtime.jit import JITFunction, create_function_from_signature
+from adamkit.kernels import fused_cuda
+from adamkit.kernels.fused_cuda import FusedCudaKernel
+from adamkit.optimizers import base
+
+target = GPUTarget("cuda", 90, 32)
+backend = make_backend(target)
+compiled = set()
+
+instructions = set()
+
+def compile_as_launched(self, *args, grid, warmup, **kwargs):
+    binder = create_function_from_signature(self.signature, self.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = self._pack_args(backend, kwargs, bound, specialization, options)
+    kernel = triton.compile(ASTSource(self, signature, constexprs, attrs), target=target, options=options.__dict__)
+    compiled.add(repr((self.fn.__module__, specialization)))
+    found = re.findall(r"\\b((?:add|sub|mul|div|sqrt|fma|rcp|rsqrt|ex2|lg2)(?:\\.[a-z0-9]+)+)", kernel.asm["ptx"])
+    instructions.update(i for i in found if re.search(r"\\.f(32|64)$", i))
+
+JITFunction.run = compile_as_launched
+fused_cuda.triton_available = lambda: True
+FusedCudaKernel.device_type = "cpu"
+base._fused_kernels = lambda: [FusedCudaKernel()]
+warnings.simplefilter("ignore")
+runs = {}
+for name, make in [("adamw", lambda p: adamkit.AdamW(p, state_seed=1)),
+                   ("adamw-bf16", lambda p: adamkit.AdamW(p, state_dtype="bf16", state_seed=1, low_precision_min_elements=0)),
+                   ("sgd-int8", lambda p: adamkit.SGD(p, lr=0.1, momentum=0.9, state_dtype="int8", low_precision_min_elements=0))]:
+    before = len(compiled)
+    one = [torch.nn.Parameter(torch.zeros(4096))]
+    sixteen = [torch.nn.Parameter(torch.zeros(256)) for _ in range(16)]
+    for params in (one, sixteen):
+        optimizer = make(params)
+        for step in range(17):  # steps 1, 2 and 16 among them
+            for p in params:
+                p.grad = torch.ones_like(p)
+            optimizer.step()
+        assert optimizer.last_step_kernels == {"fused_cuda": len(params)}, optimizer.last_step_kernels
+    runs[name] = len(compiled) - before
+print(json.dumps([runs, sorted(instructions)]))
+"""
+
+
+def test_first_steps_compile_once_as_triton_launches_them():
+    """Steps 1 to 17 with one parameter and with sixteen, seed 1: every launch compiles
+    for sm_90 as the launcher specializes it (at step 1 the step counter once became
+    the constant 1 and failed to compile), and one compile per configuration."""
+    environment = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    environment["PYTHONPATH"] = os.pathsep.join([str(SOURCE), environment.get("PYTHONPATH", "")])
+    completed = subprocess.run([sys.executable, "-c", LAUNCHES_FOR_H100], capture_output=True, text=True,
+                               env=environment, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    import json
+
+    compiles, instructions = json.loads(completed.stdout.splitlines()[-1])
+    assert compiles == {"adamw": 1, "adamw-bf16": 1, "sgd-int8": 1}
+    _assert_correctly_rounded(instructions)
+
+
+def _assert_correctly_rounded(found: list[str], width: str = "f32", divides: bool = True) -> None:
+    """Floating point in PTX is IEEE: round-to-nearest adds, multiplies, divisions, square
+    roots and fused multiply-adds, no approximations, no flushing of subnormals (ptxas
+    may not contract instructions that carry a rounding mode)."""
+    assert found and all(re.fullmatch(rf"(add|sub|mul|div|sqrt|fma)\.rn\.{width}", i) for i in found), found
+    if divides:
+        assert {f"div.rn.{width}", f"sqrt.rn.{width}", f"fma.rn.{width}"} <= set(found), found
+
+
+@pytest.mark.slow
 def test_pass_compiles_for_an_h100_with_correctly_rounded_operations_only():
-    """The real compiler (not the interpreter) takes every rule as written, and what it
-    emits for floating point is IEEE: round-to-nearest adds, multiplies, divisions, square
-    roots and fused multiply-adds, no approximations, no flushing of subnormals. (PTX
-    only; ptxas may not contract instructions that carry a rounding mode.)"""
+    """Every rule and storage, compiled for sm_90 by the real compiler (not the
+    interpreter): all of it taken as written, all of its floating point correctly rounded
+    (the default run checks three configurations as launched)."""
     environment = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     environment["PYTHONPATH"] = os.pathsep.join([str(SOURCE), environment.get("PYTHONPATH", "")])
     completed = subprocess.run([sys.executable, "-c", textwrap.dedent(COMPILE_FOR_H100)], capture_output=True,
@@ -162,10 +272,7 @@ def test_pass_compiles_for_an_h100_with_correctly_rounded_operations_only():
     instructions = json.loads(completed.stdout.splitlines()[-1])
     assert len(instructions) == 5 * 6
     for name, found in instructions.items():
-        width = "f64" if "fp64" in name else "f32"
-        assert found and all(re.fullmatch(rf"(add|sub|mul|div|sqrt|fma)\.rn\.{width}", i) for i in found), (name, found)
-        if not name.startswith("sgd"):
-            assert {f"div.rn.{width}", f"sqrt.rn.{width}", f"fma.rn.{width}"} <= set(found), (name, found)
+        _assert_correctly_rounded(found, "f64" if "fp64" in name else "f32", divides=not name.startswith("sgd"))
 
 
 @pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")

@@ -209,6 +209,28 @@ def test_an_unwritable_cache_folder_never_breaks_a_step(tmp_path):
     assert result.stderr.count("compile cache") == 1, result.stderr
 
 
+def test_an_unwritable_cache_folder_never_breaks_a_cuda_step(tmp_path):
+    """The CUDA kernel's Triton pass (here in Triton's interpreter) compiles from a source
+    file: without the cache folder, from one of the process's own, with the same warning."""
+    pytest.importorskip("triton")
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    result = run_python("""
+        import warnings, torch, adamkit
+        from adamkit.kernels.fused_cuda import FusedCudaKernel
+        from adamkit.optimizers import base
+        FusedCudaKernel.device_type = "cpu"
+        base._fused_kernels = lambda: [FusedCudaKernel()]
+        w = torch.nn.Parameter(torch.ones(10)); w.grad = torch.ones(10)
+        optimizer = adamkit.SGD([w], lr=0.5)
+        optimizer.step()
+        assert optimizer.last_step_kernels == {"fused_cuda": 1} and torch.all(w == 0.5)
+        print("ok")
+    """, cache_dir=not_a_folder / "cache", extra_env={"TRITON_INTERPRET": "1"})
+    assert result.stdout.startswith("ok")
+    assert result.stderr.count("compile cache") == 1, result.stderr
+
+
 def test_old_copies_are_pruned(tmp_path, monkeypatch):
     monkeypatch.setenv("ADAMKIT_CACHE_DIR", str(tmp_path))
     folder = compile_cache.cache_dir()
@@ -233,6 +255,51 @@ def test_threads_and_warnings_are_left_alone(shared_cache):
     assert result.stderr == ""
 
 
+def test_a_forked_process_steps_after_its_parent_did(shared_cache):
+    """Hogwild-style training forks after the parent stepped: the child has none of the
+    parent's helper threads, and its step must not wait for them."""
+    result = run_python("""
+        import multiprocessing, torch, adamkit
+        torch.set_num_threads(2)
+        w = torch.nn.Parameter(torch.zeros(1 << 18)); w.grad = torch.ones(1 << 18)
+        optimizer = adamkit.Adam([w], lr=0.1)
+        optimizer.step()  # split over two threads: the parent's helper thread exists
+
+        def child():  # no parallel torch op here: torch's OpenMP pool does not survive a fork
+            optimizer.step()
+            assert optimizer.last_step_kernels == {"fused_cpu": 1} and optimizer.state[w]["step"].item() == 2
+            assert (w.detach().numpy() < -0.1).all()
+
+        process = multiprocessing.get_context("fork").Process(target=child, daemon=True)
+        process.start()
+        process.join(timeout=60)
+        print(process.exitcode)
+    """, cache_dir=shared_cache[0])
+    assert result.stdout.split() == ["0"], (result.stdout, result.stderr[-2000:])
+
+
+def test_the_eager_kernel_steps_non_cpu_tensors_whole():
+    """Chunks pay on a CPU's caches; on a GPU each operation is a launch: a 4096 x 4096
+    AdamW step in 2^16-element chunks was 2,823 of them."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    param = torch.nn.Parameter(torch.empty(4096, 4096, device="meta"))
+    param.grad = torch.empty(4096, 4096, device="meta")
+    optimizer = adamkit.AdamW([param], lr=0.1, **EAGER)
+    optimizer.step()  # creates the state
+    with Count():
+        optimizer.step()
+    assert optimizer.last_step_kernels == {"eager": 1}
+    assert Count.calls < 60, Count.calls
+
+
 @pytest.mark.parametrize("kernel", [{}, EAGER])
 def test_meta_parameters_step_as_in_torch(kernel):
     """Parameters on the meta device (shapes without data, as when a model is built
@@ -243,3 +310,20 @@ def test_meta_parameters_step_as_in_torch(kernel):
     optimizer.step()
     assert optimizer.last_step_kernels == {"eager": 1}
     assert optimizer.state[param]["exp_avg"].device.type == "meta"
+
+
+def test_gradient_checks_copy_to_the_host_once_per_step(monkeypatch):
+    """On a GPU each copy to the host waits for the device: the eager kernel's zero-grad
+    check and skip_nonfinite read all gradients' extremes with one copy, not one per
+    parameter (they once made one each)."""
+    copies = []
+    original = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: (copies.append(self.shape), original(self, *a, **k))[1])
+    params = [torch.nn.Parameter(torch.ones(5)) for _ in range(10)]
+    optimizer = adamkit.Adam(params, lr=0.1, skip_nonfinite=True, **EAGER)
+    for p in params:
+        p.grad = torch.ones(5)
+    copies.clear()
+    optimizer.step()
+    assert optimizer.last_step_kernels == {"eager": 10}
+    assert len(copies) <= 2, copies  # the finite check and the zero-grad check

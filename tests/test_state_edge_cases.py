@@ -161,6 +161,19 @@ def test_sgd_momentum_with_sparse_gradients_steps_as_with_dense_ones(state_dtype
                        formats.decoded(dense_opt.state[dense_p])["momentum_buffer"])
 
 
+@pytest.mark.parametrize("state_dtype", [None, "bf16", "int8"])
+def test_sgd_weight_decay_with_a_sparse_gradient_is_refused_before_anything_changes(state_dtype):
+    """torch.optim.SGD fails halfway here ('add(sparse, dense) is not supported'), after
+    the parameters before it moved; adamkit says what to change, with nothing changed."""
+    dense, sparse = torch.nn.Parameter(torch.ones(5000)), torch.nn.Parameter(torch.ones(5000))
+    optimizer = adamkit.SGD([dense, sparse], lr=0.1, momentum=0.9, weight_decay=0.01, state_dtype=state_dtype)
+    dense.grad = torch.ones(5000)
+    sparse.grad = torch.sparse_coo_tensor(torch.tensor([[3]]), torch.tensor([1.0]), (5000,))
+    with pytest.raises(RuntimeError, match=r"weight_decay=0.01 does not work with sparse gradients.*weight_decay=0"):
+        optimizer.step()
+    assert torch.equal(dense, torch.ones(5000)) and not optimizer.state and optimizer.rounds == 0
+
+
 @pytest.mark.parametrize("kernel", ["fused", "eager"])
 def test_int8_damage_stays_in_its_element(kernel, monkeypatch):
     """A huge finite gradient element (g * g overflows) or a NaN one changes only its own

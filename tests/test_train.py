@@ -154,6 +154,9 @@ def test_ctrl_c_ends_training_with_one_line_and_status_130(processes):
     process = subprocess.Popen(
         _adamkit_command("train", "--quiet", "--epochs", "100000", *processes),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_environment(),
+        # As a shell starts a command: a child inherits an ignored SIGINT, and something in
+        # the test process (torch's compile workers' setup) may have left it ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert "loss" in process.stdout.readline()  # training is under way

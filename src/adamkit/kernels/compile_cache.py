@@ -23,20 +23,25 @@ each template per rule, into a cache folder it owns:
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
 import inspect
 import os
 import re
+import shutil
 import sys
+import tempfile
 import types
 import typing
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import numba
+import numpy as np
 import torch
 
 from adamkit.kernels import cpu_loops, scalar_ops
@@ -83,11 +88,13 @@ def _importable(function: Callable) -> str:
     return f"from {function.__module__} import {function.__qualname__}"
 
 
-def write_copy(template: types.ModuleType, kind: str, rule_name: str, binding: str, depends_on) -> types.ModuleType:
-    """Write (once) ``template`` with ``binding`` between its BINDING markers into the
-    cache folder as ``{kind}-{rule_name}-{hash}.py``, and import it."""
+def write_copy(
+    template: types.ModuleType, kind: str, rule_name: str, binding: str, depends_on, folder: Path | None = None
+) -> types.ModuleType:
+    """Write (once) ``template`` with ``binding`` between its BINDING markers into
+    ``folder`` (the cache folder by default) as ``{kind}-{rule_name}-{hash}.py``, and import it."""
     text = _with_binding(template, binding)
-    folder = cache_dir()
+    folder = cache_dir() if folder is None else folder
     stem = f"{kind}-{rule_name}"
     path = folder / f"{stem}-{_fingerprint(text, depends_on)}.py"
     if not path.exists():
@@ -172,18 +179,18 @@ def _locked(folder: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-@contextmanager
-def _torch_threads_kept():
-    """torch's thread count, restored on the way out: numba's OpenMP layer, when it starts
-    (compiling or running a parallel loop) or is told a thread count, sets the OpenMP
-    runtime's count, which torch shares (OMP_NUM_THREADS=1 became 2, NUMBA_NUM_THREADS=1
-    made torch's 2 into 1)."""
-    threads = torch.get_num_threads()
-    try:
-        yield threads
-    finally:
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
+PARALLEL_MIN_ELEMENTS = 1 << 16  # below this a pass runs on the calling thread: more would cost more than they save
+_pools: dict[int, ThreadPoolExecutor] = {}
+# A forked child has none of its parent's threads: its pools would take work and never run it.
+os.register_at_fork(after_in_child=_pools.clear)
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """``threads - 1`` helper threads: the calling thread takes the first run itself."""
+    pool = _pools.get(threads)
+    if pool is None:
+        pool = _pools[threads] = ThreadPoolExecutor(threads - 1, thread_name_prefix="adamkit")
+    return pool
 
 
 class CompiledLoops:
@@ -202,18 +209,38 @@ class CompiledLoops:
         """Call loop ``name`` with ``args``; ``key`` names the specialization the args need.
 
         A specialization is compiled (or loaded from the cache) under the cache lock the
-        first time this process needs it (``ensure`` does that ahead of time). Parallel
-        loops run on torch's thread count, and torch's thread count is as it was after.
+        first time this process needs it (``ensure`` does that ahead of time).
         """
-        with _torch_threads_kept() as threads:
-            self._ensure(name, key, args)
-            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
-            return getattr(self.module, name)(*args)
+        self._ensure(name, key, args)
+        return getattr(self.module, name)(*args)
+
+    def run_over_items(self, name: str, key: tuple, args: tuple, items, starts, ends, out) -> None:
+        """``run`` for a loop over work items (``items, starts, ends`` and ``out``, one
+        result per item, after ``args``), split into contiguous runs of about equal
+        element counts, one per torch thread. The loops release the GIL, so the runs go
+        in parallel on a pool of adamkit's own threads."""
+        self._ensure(name, key, (*args, items, starts, ends, out))
+        loop = getattr(self.module, name)
+        threads = torch.get_num_threads()
+        counts = np.cumsum(ends - starts)
+        total = int(counts[-1]) if len(counts) else 0
+        if threads == 1 or len(items) < 2 or total < PARALLEL_MIN_ELEMENTS:
+            loop(*args, items, starts, ends, out)
+            return
+        bounds = [0, *np.searchsorted(counts, total * np.arange(1, threads) / threads, side="right"), len(items)]
+        runs = [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+        futures = [_pool(threads).submit(loop, *args, items[r], starts[r], ends[r], out[r]) for r in runs[1:]]
+        loop(*args, items[runs[0]], starts[runs[0]], ends[runs[0]], out[runs[0]])  # the first on this thread
+        for future in futures:
+            future.result()
+
+    def ensure_over_items(self, name: str, key: tuple, args: tuple, items, starts, ends, out) -> None:
+        """``ensure`` for a loop that ``run_over_items`` will run."""
+        self.ensure(name, key, *args, items, starts, ends, out)
 
     def ensure(self, name: str, key: tuple, *args) -> None:
         """Compile loop ``name`` for ``args`` now, so that a later ``run`` cannot fail compiling."""
-        with _torch_threads_kept():
-            self._ensure(name, key, args)
+        self._ensure(name, key, args)
 
     def _ensure(self, name: str, key: tuple, args: tuple) -> None:
         if (name, key) not in self._ready:
@@ -277,5 +304,23 @@ def triton_loops_for(rule) -> types.ModuleType:
             + _loader("load_decay", transforms.DecayCoefficients, "DecayCoefficients")
         )
         depends_on = (inspect.getmodule(rule.update), triton_ops, transforms, rule_module)
-        module = _triton_modules[rule.update] = write_copy(triton_loops, "cuda", rule.name, binding, depends_on)
+        try:
+            module = write_copy(triton_loops, "cuda", rule.name, binding, depends_on)
+        except Exception as error:  # noqa: BLE001 - any failure means: no cache
+            # Triton compiles from a source file: without the cache, this process's own folder.
+            _warn_uncached(error)
+            module = write_copy(triton_loops, "cuda", rule.name, binding, depends_on, folder=_private_folder())
+        _triton_modules[rule.update] = module
     return module
+
+
+_private: list[Path] = []
+
+
+def _private_folder() -> Path:
+    """A folder of this process's own, removed when it ends."""
+    if not _private:
+        folder = Path(tempfile.mkdtemp(prefix="adamkit-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _private.append(folder)
+    return _private[0]

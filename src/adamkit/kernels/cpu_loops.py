@@ -9,7 +9,7 @@ would find the entry. Read as it is, this module binds Adam and compiles uncache
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from adamkit.kernels import scalar_ops
 from adamkit.kernels.scalar_ops import (
@@ -23,14 +23,16 @@ from adamkit.rules.adam import adam_update as rule_update
 CACHE = False
 # END BINDING
 
-_JIT = {"error_model": "numpy", "cache": CACHE}
+# nogil: adamkit.kernels.compile_cache runs a pass on several threads, each over its own work items.
+_JIT = {"error_model": "numpy", "cache": CACHE, "nogil": True}
 _update = njit(error_model="numpy")(bind(rule_update, scalar_ops))
 _decay = njit(error_model="numpy")(bind(maximize_and_weight_decay, scalar_ops))
 
 
-@njit(parallel=True, **_JIT)
+@njit(**_JIT)
 def fused_pass(
-    c, decay, like, params, grads, slot0, slot1, slot2, like0, like1, like2, scale0, scale1, scale2, noise, tensor_ids, items, starts, ends, changed,
+    c, decay, like, params, grads, slot0, slot1, slot2, like0, like1, like2, scale0, scale1, scale2, noise, tensor_ids,
+    watch, items, starts, ends, changed,
 ):
     """Run the rule's update over every element of the work items, a block of 256 at a time.
 
@@ -41,11 +43,12 @@ def fused_pass(
     its codes and the block's scale, and written back a block at a time, once the
     block's new values, and so its scale, are known (work items start at multiples of 256).
     Unless ``noise`` is None, bf16 state is rounded stochastically, keyed by ``noise``
-    (seed, step) and the tensor's id. Unless ``changed`` is None (also compiled away),
-    it records per work item whether any parameter element changed.
+    (seed, step) and the tensor's id. With ``watch``, it records in ``changed`` per work
+    item whether any parameter element changed (a flag, not a compiled variant: the
+    compiler hoists the test out of the loop).
     """
     unit = np.zeros(0, np.float32)
-    for w in prange(items.shape[0]):
+    for w in range(items.shape[0]):
         t = items[w]
         p = pointer(params[t], like)
         g = pointer(grads[t], like)
@@ -78,12 +81,12 @@ def fused_pass(
                 keep_state(slot0, scale0, s0, i, y0, k01, held, 0, k)
                 keep_state(slot1, scale1, s1, i, y1, k01, held, 1, k)
                 keep_state(slot2, scale2, s2, i, y2, k2, held, 2, k)
-                if changed is not None:
+                if watch:
                     moved |= load(p, i) != old
             finish_block(scale0, s0, f0, block, held[0], count)
             finish_block(scale1, s1, f1, block, held[1], count)
             finish_block(scale2, s2, f2, block, held[2], count)
-        if changed is not None:
+        if watch:
             changed[w] = moved
 
 
@@ -115,15 +118,13 @@ def all_zero(addresses, numels, like):
     return zero
 
 
-@njit(parallel=True, **_JIT)
-def all_finite(addresses, items, starts, ends, like):
-    """Per work item: every element is finite. No early exit, so the loop vectorizes."""
-    finite = np.ones(items.shape[0], np.bool_)
-    for w in prange(items.shape[0]):
+@njit(**_JIT)
+def all_finite(addresses, like, items, starts, ends, finite):
+    """Per work item: every element is finite (into ``finite``). No early exit, so the loop vectorizes."""
+    for w in range(items.shape[0]):
         g = pointer(addresses[items[w]], like)
         bad = False
         for i in range(starts[w], ends[w]):
             x = load(g, i)
             bad |= x - x != 0  # NaN for NaN and for +-Inf
         finite[w] = not bad
-    return finite

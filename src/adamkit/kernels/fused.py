@@ -143,7 +143,7 @@ class FusedPlan:
     contiguous: list[bool]
     strided: list[int]  # positions of non-contiguous parameters, whose grads need a stride check
     slots: list[np.ndarray | None]
-    slot_dtypes: list[torch.dtype | None]  # each slot's storage dtype (None: the rule keeps no such state)
+    slot_dtypes: list[torch.dtype | None]  # each slot's storage dtype, real (None: the rule keeps no such state)
     scales: list[np.ndarray | None]  # an int8 slot's block scales, per parameter
     tensor_ids: np.ndarray  # each parameter's place among the group's stepped ones: keys its rounding noise
     step_addresses: np.ndarray | None
@@ -265,7 +265,7 @@ def build_plan(
     positions = [rule.slots.index(name) for name in slot_names]
     slot_dtypes = [None] * SLOT_COUNT
     for name, row in zip(slot_names, positions):
-        slot_dtypes[row] = local_tensor(param_states[0][name]).dtype if params else None
+        slot_dtypes[row] = storage_dtype(local_tensor(param_states[0][name]).dtype) if params else None
     scales = np.zeros((SLOT_COUNT, len(params)), np.int64)
     entries = []
     for column, (state, local) in enumerate(zip(param_states, locals_)):

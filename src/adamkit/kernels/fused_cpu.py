@@ -5,7 +5,7 @@ function the eager kernel runs on tensors, bound to ``scalar_ops`` and compiled 
 numba, see ``cpu_loops``), and stored once: 28 bytes per parameter for fp32 Adam, the
 least the step can move. Tensors are cut into work items of at most
 ``WORK_ITEM_ELEMENTS`` so that many small tensors and a few large ones spread evenly
-over the threads. Hyperparameters are arguments, so schedulers never recompile. What
+over torch's thread count (``CompiledLoops.run_over_items``). Hyperparameters are arguments, so schedulers never recompile. What
 it takes, and how each step checks its plan, is ``adamkit.kernels.fused``'s part.
 """
 
@@ -89,24 +89,24 @@ class FusedCpuKernel(FusedKernel):
                     continue
                 chosen = slice(None) if tensors.all() else np.flatnonzero(tensors[plan.items])
                 items = plan.items[chosen]
-                changed = np.zeros(len(items), np.bool_) if watch else None
-                specialization = (dtype, slot_types, noise is None, watch, type(c))
+                changed = np.zeros(len(items), np.bool_)
+                specialization = (dtype, slot_types, noise is None, type(c))
                 arguments = (
                     c, decay, like, param_addresses, grad_addresses, *plan.slots, *slot_likes, *plan.scales,
-                    noise, plan.tensor_ids, items, plan.starts[chosen], plan.ends[chosen], changed,
+                    noise, plan.tensor_ids, watch,
                 )
-                loops.ensure("fused_pass", specialization, *arguments)
-                passes.append((specialization, arguments, items, changed))
+                work = (items, plan.starts[chosen], plan.ends[chosen], changed)
+                loops.ensure_over_items("fused_pass", specialization, arguments, *work)
+                passes.append((specialization, arguments, work))
 
         def launch() -> list[Tensor]:
             if counts_steps:
                 advance_steps(rule, plan, write=True)
             plan.fresh = np.zeros(len(params), np.bool_)
             moved = np.zeros(len(params), np.bool_)
-            for specialization, arguments, items, changed in passes:
-                loops.run("fused_pass", specialization, *arguments)
-                if changed is not None:
-                    moved[items[changed]] = True
+            for specialization, arguments, (items, starts, ends, changed) in passes:
+                loops.run_over_items("fused_pass", specialization, arguments, items, starts, ends, changed)
+                moved[items[changed]] = True
             return [params[i] for i in np.flatnonzero(moved)]
 
         return launch
@@ -159,6 +159,8 @@ def all_finite(rule: Rule, grads: Sequence[Tensor]) -> bool:
     for dtype, tensors in by_dtype.items():
         elements = np.array([element_count(t) for t in tensors], np.int64)
         items, starts, ends = work_items(elements, WORK_ITEM_ELEMENTS)
-        if not loops.run("all_finite", (dtype,), addresses_of(tensors), items, starts, ends, _like(dtype)).all():
+        finite = np.ones(len(items), np.bool_)
+        loops.run_over_items("all_finite", (dtype,), (addresses_of(tensors), _like(dtype)), items, starts, ends, finite)
+        if not finite.all():
             return False
     return True

@@ -16,8 +16,10 @@ kernel's device type set to "cpu", to check every rule and flag without a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -41,6 +43,27 @@ def triton_available() -> bool:
     except ImportError:
         return False
     return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@functools.cache
+def _warn_without_triton() -> None:
+    warnings.warn(
+        "adamkit: Triton cannot be imported, so CUDA parameters step on the eager kernel: "
+        "several launches per tensor where the fused kernel makes one per group. "
+        "Install Triton (pip install triton) for the fused CUDA kernel.",
+        RuntimeWarning,
+        stacklevel=7,  # the user's step(): through prepare_group, dispatch, RuleOptimizer.step and torch's hook wrapper
+    )
+
+
+# ptxas -v for sm_90a (issue 21): with 4 warps a block of 2048 took 255 registers per
+# thread for fp32 Adam and int8 state spilled 236 bytes; with 8, 128 and 187, no spills.
+NUM_WARPS = 8
+
+
+def _on_device(device: torch.device):
+    """``device`` made the current CUDA device for the block (nothing for other devices)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def _triton_dtype(dtype: torch.dtype):
@@ -104,6 +127,11 @@ class FusedCudaKernel(FusedKernel):
     def supports(cls, t: Tensor) -> bool:
         return super().supports(t) and triton_available()
 
+    def prepare_group(self, rule: Rule, group_key: int, params: list[Tensor], *args, **kwargs):
+        if params and not triton_available():
+            _warn_without_triton()
+        return super().prepare_group(rule, group_key, params, *args, **kwargs)
+
     def prepare_launch(
         self, rule: Rule, plan: FusedPlan, addresses: tuple[np.ndarray, np.ndarray], hp: Mapping, spec: StateSpec,
         *, decoupled_weight_decay: bool, report_moved: bool,
@@ -146,17 +174,20 @@ class FusedCudaKernel(FusedKernel):
             if counts_steps:
                 advance_steps(rule, plan, write=True)
             plan.fresh = np.zeros(len(plan.params), np.bool_)
-            if report_moved:
-                tables.flags.zero_()
-            for values, count, block_tensor, block_start, round_ in passes:
-                loops.fused_pass[(len(block_tensor),)](
-                    tables.addresses, tables.elements, block_tensor, block_start, values, values[count:],
-                    tables.flags, len(plan.params), tables.tensor_ids,
-                    spec.seed & 0xFFFFFFFF, round_ & 0xFFFFFFFF, tables.codebook,
-                    **constants, enable_fp_fusion=False,
-                )
-            if report_moved:
-                self._read_flags_later(tables)
+            # Triton launches on the current device's current stream: the plan's device
+            # must be current (parameters on cuda:1, or a model spread over GPUs).
+            with _on_device(plan.device):
+                if report_moved:
+                    tables.flags.zero_()
+                for values, count, block_tensor, block_start, round_ in passes:
+                    loops.fused_pass[(len(block_tensor),)](
+                        tables.addresses, tables.elements, block_tensor, block_start, values, values[count:],
+                        tables.flags, len(plan.params), tables.tensor_ids,
+                        spec.seed & 0xFFFFFFFF, round_ & 0xFFFFFFFF, tables.codebook,
+                        **constants, enable_fp_fusion=False, num_warps=NUM_WARPS,
+                    )
+                if report_moved:
+                    self._read_flags_later(tables)
             return moved
 
         return launch

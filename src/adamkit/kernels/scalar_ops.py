@@ -24,8 +24,8 @@ from numba.extending import intrinsic, overload
 from numba.np.numpy_support import as_dtype
 
 from adamkit.state.formats import (
-    SIGNED_INF, SIGNED_MANTISSA_BITS, SIGNED_NAN, SIGNED_STEPS, TAIL_BITS, UNSIGNED_INF, UNSIGNED_MANTISSA_BITS,
-    OVERFLOW_BITS, UNSIGNED_NAN, UNSIGNED_STEPS, octave_bases,
+    OVERFLOW_BITS, SIGNED_INF, SIGNED_MANTISSA_BITS, SIGNED_NAN, SIGNED_STEPS, UNSIGNED_INF, UNSIGNED_MANTISSA_BITS,
+    UNSIGNED_NAN, UNSIGNED_STEPS, step_regions,
 )
 
 
@@ -341,28 +341,25 @@ def _magnitude(builder, value):
     return builder.bitcast(builder.and_(builder.bitcast(value, _I32), _i32(0x7FFFFFFF)), _F32)
 
 
-def _select_by_octave(builder, index, per_octave, tail):
-    """``per_octave[index]`` where ``index`` is one of its positions, else ``tail``."""
-    result = tail
-    for position, value in enumerate(per_octave):
-        result = builder.select(builder.icmp_signed("==", index, _i32(position)), value, result)
-    return result
+_REGIONS = list(zip(step_regions(UNSIGNED_MANTISSA_BITS), step_regions(SIGNED_MANTISSA_BITS)))
 
 
-def _profile(builder, is_signed, unsigned, signed):
-    """One value of each code's profile, chosen by the block's kind."""
-    return [builder.select(is_signed, _i32(s), _i32(u)) for u, s in zip(unsigned, signed)]
-
-
-_UNSIGNED_BASES, _SIGNED_BASES = octave_bases(UNSIGNED_MANTISSA_BITS), octave_bases(SIGNED_MANTISSA_BITS)
-_OCTAVES = len(UNSIGNED_MANTISSA_BITS)  # octaves with their own mantissa bits, the same count for both codes
+def _region_values(builder, is_signed, inside, field):
+    """``field`` of the region each lane is in: ``inside(i)`` tells whether a lane is in
+    region ``i`` or above, for every region but the last (tried from the bottom up)."""
+    value = None
+    for index, (unsigned, signed) in reversed(list(enumerate(_REGIONS))):
+        chosen = builder.select(is_signed, _i32(getattr(signed, field)), _i32(getattr(unsigned, field)))
+        value = chosen if value is None else builder.select(inside(index), chosen, value)
+    return value
 
 
 @intrinsic
 def int8_code(typingctx, value, absmax, signed):
     """The code of ``value`` (fp32) in a block whose largest magnitude under OVERFLOW is
     ``absmax``, in the signed code if ``signed`` (nonzero): the ratio to ``absmax``
-    rounded to the nearest step of its octave (halves up). Zero, underflow and NaN
+    rounded to the nearest step of its region (halves to the larger ratio), found from
+    the ratio's bits (``adamkit.state.formats.step_regions``). Zero, underflow and NaN
     ratios code as 0; NaN gets its code, infinite and overflowing values the infinities'."""
     def codegen(context, builder, signature, args):
         value, absmax, signed = args
@@ -370,17 +367,16 @@ def int8_code(typingctx, value, absmax, signed):
         magnitude = _magnitude(builder, value)
         ratio = builder.fdiv(magnitude, absmax)
         bits = builder.bitcast(ratio, _I32)
-        octave = builder.sub(_i32(126), builder.lshr(bits, _i32(23)))
-        fraction = builder.and_(bits, _i32(0x7FFFFF))
-        widths = _profile(builder, is_signed, UNSIGNED_MANTISSA_BITS, SIGNED_MANTISSA_BITS)
-        bases = _profile(builder, is_signed, _UNSIGNED_BASES, _SIGNED_BASES)
-        tail_base = builder.add(bases[-1], builder.shl(builder.sub(octave, _i32(_OCTAVES)), _i32(TAIL_BITS)))
-        width = _select_by_octave(builder, octave, widths, _i32(TAIL_BITS))
-        base = _select_by_octave(builder, octave, bases[:-1], tail_base)
-        half = builder.shl(_i32(1), builder.sub(_i32(22), width))
-        j = builder.lshr(builder.add(fraction, half), builder.sub(_i32(23), width))
-        steps = builder.sub(builder.add(base, builder.shl(_i32(1), width)), j)
-        steps = builder.select(builder.fcmp_ordered(">=", ratio, ir.Constant(_F32, 1.0)), _i32(0), steps)
+
+        def inside(index):
+            unsigned, signed_ = _REGIONS[index]
+            lowest = builder.select(is_signed, _i32(signed_.lowest_bits), _i32(unsigned.lowest_bits))
+            return builder.icmp_signed(">=", bits, lowest)
+
+        origin = _region_values(builder, is_signed, inside, "origin")
+        shift = _region_values(builder, is_signed, inside, "shift")
+        half = builder.sub(builder.shl(_i32(1), builder.sub(shift, _i32(1))), _i32(1))
+        steps = builder.ashr(builder.add(builder.sub(origin, bits), half), shift)
         limit = builder.select(is_signed, _i32(SIGNED_STEPS), _i32(UNSIGNED_STEPS))
         kept = builder.and_(builder.fcmp_ordered(">", ratio, ir.Constant(_F32, 0.0)), builder.icmp_signed("<", steps, limit))
         code = builder.sub(builder.select(is_signed, _i32(127), _i32(255)), steps)
@@ -415,21 +411,15 @@ def int8_value(typingctx, code, scale):
             builder.and_(builder.icmp_signed(">=", size, _i32(2)), builder.icmp_signed("<=", size, _i32(127))),
             builder.icmp_signed(">=", unsigned_code, _i32(3)),
         )
-        widths = _profile(builder, is_signed, UNSIGNED_MANTISSA_BITS, SIGNED_MANTISSA_BITS)
-        bases = _profile(builder, is_signed, _UNSIGNED_BASES, _SIGNED_BASES)
-        tail_steps = builder.sub(steps, bases[-1])
-        octave = builder.add(_i32(_OCTAVES), builder.ashr(tail_steps, _i32(TAIL_BITS)))
-        offset = builder.and_(tail_steps, _i32((1 << TAIL_BITS) - 1))
-        width = _i32(TAIL_BITS)
-        for e in reversed(range(_OCTAVES)):
-            below = builder.icmp_signed("<", steps, bases[e + 1])
-            octave = builder.select(below, _i32(e), octave)
-            offset = builder.select(below, builder.sub(steps, bases[e]), offset)
-            width = builder.select(below, widths[e], width)
-        top = builder.shl(builder.sub(_i32(127), octave), _i32(23))
-        mantissa = builder.shl(builder.sub(builder.shl(_i32(1), width), offset), builder.sub(_i32(23), width))
-        inside = builder.or_(builder.shl(builder.sub(_i32(126), octave), _i32(23)), mantissa)
-        bits = builder.select(builder.icmp_signed("==", offset, _i32(0)), top, inside)
+
+        def inside(index):  # before the next region's first step
+            unsigned, signed_ = _REGIONS[index + 1]
+            first = builder.select(is_signed, _i32(signed_.first_step), _i32(unsigned.first_step))
+            return builder.icmp_signed("<", steps, first)
+
+        origin = _region_values(builder, is_signed, inside, "origin")
+        shift = _region_values(builder, is_signed, inside, "shift")
+        bits = builder.sub(origin, builder.shl(steps, shift))
         value = builder.fmul(builder.bitcast(bits, _F32), _magnitude(builder, scale))
         value_bits = builder.bitcast(value, _I32)
         value_bits = builder.or_(value_bits, builder.select(builder.and_(is_signed, negative), _i32(_SIGN), _i32(0)))

@@ -52,7 +52,7 @@ def _slot(tables, row: tl.constexpr, t, count, offsets, mask, STORAGE: tl.conste
     if STORAGE == tl.int8:
         scales = tl.load(tables + (row + SCALE_ROWS) * count + t).to(tl.pointer_type(tl.float32))
         return pointer, triton_ops.decode_int8(stored, tl.load(scales + (offsets >> 8), mask=mask), codebook).to(COMPUTE)
-    return pointer, stored.to(COMPUTE)
+    return pointer, triton_ops.from_storage(stored, COMPUTE)
 
 
 @triton.jit
@@ -70,7 +70,10 @@ def _keep(tables, row: tl.constexpr, t, count, pointer, value, offsets, mask, ST
         tl.store(pointer + offsets, triton_ops.to_state(value, STORAGE, key, offsets, STOCHASTIC, row - 2), mask=mask)
 
 
-@triton.jit
+# Triton's launcher compiles an integer argument equal to 1 as a constant, and one that
+# is a multiple of 16 with that fact: each a compile of its own, at steps 1, 2 and 16
+# (and a constant 1 has no ``.to``). These vary from step to step or model to model.
+@triton.jit(do_not_specialize=["count", "noise_seed", "noise_round"])
 def fused_pass(
     tables, elements, block_tensor, block_start, coefficients, decay_coefficients, flags, count,
     tensor_ids, noise_seed, noise_round, codebook,
@@ -113,6 +116,6 @@ def fused_pass(
         _keep(tables, 4, t, count, s2_pointer, y2, offsets, mask, SLOT2, key, STOCHASTIC, BLOCK)
     if WATCH:
         nonzero = tl.max(((grad != 0) & mask).to(tl.int32), axis=0)
-        changed = tl.max(((stored.to(COMPUTE) != old) & mask).to(tl.int32), axis=0)
+        changed = tl.max(((triton_ops.from_storage(stored, COMPUTE) != old) & mask).to(tl.int32), axis=0)
         tl.atomic_or(flags + 2 * t, nonzero)
         tl.atomic_or(flags + 2 * t + 1, changed)

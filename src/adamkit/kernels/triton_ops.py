@@ -12,8 +12,8 @@ import triton
 import triton.language as tl
 
 from adamkit.state.formats import (
-    SIGNED_INF, SIGNED_MANTISSA_BITS, SIGNED_NAN, SIGNED_STEPS, TAIL_BITS, UNSIGNED_INF, UNSIGNED_MANTISSA_BITS,
-    OVERFLOW_BITS, UNSIGNED_NAN, UNSIGNED_STEPS, octave_bases,
+    OVERFLOW_BITS, SIGNED_INF, SIGNED_MANTISSA_BITS, SIGNED_NAN, SIGNED_STEPS, UNSIGNED_INF, UNSIGNED_MANTISSA_BITS,
+    UNSIGNED_NAN, UNSIGNED_STEPS, step_regions,
 )
 
 
@@ -87,6 +87,17 @@ def to_storage(value, STORAGE: tl.constexpr):
 
 
 @triton.jit
+def from_storage(stored, COMPUTE: tl.constexpr):
+    """A stored value in the compute dtype. bf16 is widened with integer arithmetic, exact
+    as the GPU's conversion is: Triton's interpreter flushes bf16 subnormals (9.2e-41
+    became 0, 3.0e-39 became 3.7e-40)."""
+    if stored.dtype == tl.bfloat16:
+        widened = stored.to(tl.uint16, bitcast=True).to(tl.uint32) << 16
+        return widened.to(tl.float32, bitcast=True).to(COMPUTE)
+    return stored.to(COMPUTE)
+
+
+@triton.jit
 def _mix32(x):
     # murmur3's 32-bit finalizer, as scalar_ops._mix32
     x ^= x >> 16
@@ -121,12 +132,14 @@ def to_state(value, STORAGE: tl.constexpr, key, offsets, STOCHASTIC: tl.constexp
 # int8 block state (adamkit.state.formats), as scalar_ops stores it on the CPU: codes,
 # one fp32 scale per 256 values (sign bit set for a signed block) and a codebook of the
 # codes' values for a scale of 1, by ``code & 255``, unsigned then signed.
-assert len(UNSIGNED_MANTISSA_BITS) == len(SIGNED_MANTISSA_BITS) == 3  # the selects below
-_U0, _U1, _U2 = (tl.constexpr(bits) for bits in UNSIGNED_MANTISSA_BITS)
-_S0, _S1, _S2 = (tl.constexpr(bits) for bits in SIGNED_MANTISSA_BITS)
-_UB1, _UB2, _UB3 = (tl.constexpr(base) for base in octave_bases(UNSIGNED_MANTISSA_BITS)[1:])
-_SB1, _SB2, _SB3 = (tl.constexpr(base) for base in octave_bases(SIGNED_MANTISSA_BITS)[1:])
-_TAIL = tl.constexpr(TAIL_BITS)
+_UNSIGNED_REGIONS, _SIGNED_REGIONS = step_regions(UNSIGNED_MANTISSA_BITS), step_regions(SIGNED_MANTISSA_BITS)
+assert len(_UNSIGNED_REGIONS) == len(_SIGNED_REGIONS) == 3  # the selects below
+_U_LOW1, _U_LOW0 = tl.constexpr(_UNSIGNED_REGIONS[1].lowest_bits), tl.constexpr(_UNSIGNED_REGIONS[0].lowest_bits)
+_S_LOW1, _S_LOW0 = tl.constexpr(_SIGNED_REGIONS[1].lowest_bits), tl.constexpr(_SIGNED_REGIONS[0].lowest_bits)
+_U_ORIGIN0, _U_ORIGIN1, _U_ORIGIN2 = (tl.constexpr(r.origin) for r in _UNSIGNED_REGIONS)
+_S_ORIGIN0, _S_ORIGIN1, _S_ORIGIN2 = (tl.constexpr(r.origin) for r in _SIGNED_REGIONS)
+_U_SHIFT0, _U_SHIFT1, _U_SHIFT2 = (tl.constexpr(r.shift) for r in _UNSIGNED_REGIONS)
+_S_SHIFT0, _S_SHIFT1, _S_SHIFT2 = (tl.constexpr(r.shift) for r in _SIGNED_REGIONS)
 _U_STEPS, _S_STEPS = tl.constexpr(UNSIGNED_STEPS), tl.constexpr(SIGNED_STEPS)
 _U_NAN, _U_INF, _S_NAN, _S_INF = (tl.constexpr(code) for code in (UNSIGNED_NAN, UNSIGNED_INF, SIGNED_NAN, SIGNED_INF))
 _OVERFLOW_BITS = tl.constexpr(OVERFLOW_BITS)
@@ -163,17 +176,14 @@ def encode_int8(values, mask, BLOCK: tl.constexpr):
     # An all-zero block's ratios are 0 (the CPU's 0 / 0 gives NaN, coded 0 all the same).
     ratio = tl.div_rn(magnitude_bits.to(tl.float32, bitcast=True), tl.where(element_absmax == 0, 1.0, element_absmax))
     ratio_bits = ratio.to(tl.int32, bitcast=True)
-    octave = 126 - (ratio_bits >> 23)
-    fraction = ratio_bits & 0x7FFFFF
-    b1 = tl.where(is_signed, _SB1, _UB1)
-    b2 = tl.where(is_signed, _SB2, _UB2)
-    b3 = tl.where(is_signed, _SB3, _UB3)
-    width = tl.where(octave == 0, tl.where(is_signed, _S0, _U0),
-                     tl.where(octave == 1, tl.where(is_signed, _S1, _U1),
-                              tl.where(octave == 2, tl.where(is_signed, _S2, _U2), _TAIL)))
-    base = tl.where(octave == 0, 0, tl.where(octave == 1, b1, tl.where(octave == 2, b2, b3 + ((octave - 3) << _TAIL))))
-    j = (fraction + (1 << (22 - width))) >> (23 - width)
-    steps = tl.where(ratio >= 1, 0, base + (1 << width) - j)
+    # The step's region, from the bottom up (adamkit.state.formats.step_regions), then the step.
+    top = ratio_bits >= tl.where(is_signed, _S_LOW0, _U_LOW0)
+    middle = ratio_bits >= tl.where(is_signed, _S_LOW1, _U_LOW1)
+    origin = tl.where(top, tl.where(is_signed, _S_ORIGIN0, _U_ORIGIN0),
+                      tl.where(middle, tl.where(is_signed, _S_ORIGIN1, _U_ORIGIN1), tl.where(is_signed, _S_ORIGIN2, _U_ORIGIN2)))
+    shift = tl.where(top, tl.where(is_signed, _S_SHIFT0, _U_SHIFT0),
+                     tl.where(middle, tl.where(is_signed, _S_SHIFT1, _U_SHIFT1), tl.where(is_signed, _S_SHIFT2, _U_SHIFT2)))
+    steps = (origin - ratio_bits + (1 << (shift - 1)) - 1) >> shift
     kept = (ratio > 0) & (steps < tl.where(is_signed, _S_STEPS, _U_STEPS))
     code = tl.where(kept, tl.where(is_signed, 127, 255) - steps, 0)
     code = tl.where(is_signed & (narrow < 0), -code, code)

@@ -318,11 +318,22 @@ class RuleOptimizer(Optimizer):
         """Whether a fused kernel steps ``param`` (given a gradient laid out like it)."""
         return any(kernel.takes(param, param) for kernel in self.fused_kernels)
 
+    def _check_graph_capture(self) -> None:
+        """As torch: a step captured in a CUDA graph must be capturable, or the graph would
+        replay one step's host-computed coefficients forever."""
+        if torch.cuda.is_available() and not torch.compiler.is_compiling() and torch.cuda.is_current_stream_capturing():
+            if not all(group["capturable"] for group in self.param_groups if "capturable" in group):
+                raise RuntimeError(
+                    f"Attempting CUDA graph capture of step() for an instance of {type(self).__name__} "
+                    "but param_groups' capturable is False; construct it with capturable=True to capture its steps."
+                )
+
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimization step; ``closure`` re-evaluates the model and returns the loss.
 
         All or nothing: a step that raises leaves parameters, state and step counts as they were.
         """
+        self._check_graph_capture()
         loss = None
         if closure is not None:
             with torch.enable_grad():

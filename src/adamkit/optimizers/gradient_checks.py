@@ -39,7 +39,7 @@ def changed(params: list[Tensor], copies: list[Tensor]) -> list[Tensor]:
 
 
 def grad_extremes(params: list[Tensor]) -> dict[Tensor, tuple[float, float]]:
-    """(min, max) of each parameter's gradient: one pass each and one host sync in all.
+    """(min, max) of each parameter's gradient: one pass each and one host sync per device.
 
     A gradient is finite when both are, all zeros when both are 0 (NaN compares
     unequal, so a NaN gradient is never "all zeros").
@@ -55,10 +55,15 @@ def grad_extremes(params: list[Tensor]) -> dict[Tensor, tuple[float, float]]:
             grad = torch.view_as_real(grad)
         if grad.numel():
             with_values.append(p)
-            extremes.append(torch.stack(torch.aminmax(grad.detach())).float().cpu())
-    if not with_values:
-        return {}
-    return dict(zip(with_values, map(tuple, torch.stack(extremes).tolist())))
+            extremes.append(torch.stack(torch.aminmax(grad.detach())).float())
+    by_device: dict[torch.device, list[int]] = {}
+    for index, pair in enumerate(extremes):
+        by_device.setdefault(pair.device, []).append(index)
+    found = {}
+    for indices in by_device.values():  # one copy to the host per device
+        values = torch.stack([extremes[i] for i in indices]).cpu().tolist()
+        found.update(zip((with_values[i] for i in indices), map(tuple, values)))
+    return found
 
 
 def grads_finite(optimizer: RuleOptimizer) -> bool:

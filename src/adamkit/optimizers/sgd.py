@@ -8,7 +8,7 @@ from torch import Tensor
 
 from adamkit import rules
 from adamkit.optimizers.base import RuleOptimizer
-from adamkit.optimizers.hyperparameters import check_tensor_lr
+from adamkit.optimizers.hyperparameters import check_tensor_lr, squeeze_scalar
 from adamkit.state.formats import MIN_ELEMENTS
 
 if TYPE_CHECKING:
@@ -20,7 +20,8 @@ class SGD(RuleOptimizer):
 
     Same signature, defaults, state (``momentum_buffer``) and checkpoint format as
     ``torch.optim.SGD``; results equal torch's for-loop implementation bit for bit.
-    Sparse gradients are supported, as in torch.
+    Sparse gradients are supported, as in torch, without weight decay (torch fails
+    there halfway through its step; adamkit says so before the step changes anything).
 
     Example:
         >>> import torch, adamkit
@@ -37,6 +38,14 @@ class SGD(RuleOptimizer):
     complex_as_real = False
     sparse_grad_error = None
     flag_defaults = {"nesterov": False, "maximize": False, "foreach": None, "differentiable": False, "fused": False}
+
+    def check_grad(self, param: Tensor, group: dict) -> None:
+        if param.grad.is_sparse and group["weight_decay"] != 0:
+            raise RuntimeError(
+                f"SGD: weight_decay={squeeze_scalar(group['weight_decay'])} does not work with sparse gradients "
+                "(torch.optim.SGD fails there with 'add(sparse, dense) is not supported'); "
+                "put the parameters with sparse gradients in a group with weight_decay=0, or pass dense gradients"
+            )
 
     def __init__(
         self,

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -68,26 +69,42 @@ OVERFLOW = 2.0**64
 OVERFLOW_BITS = 0x5F800000  # the bits of OVERFLOW in fp32
 
 
-def octave_bases(mantissa_bits: tuple[int, ...]) -> tuple[int, ...]:
-    """The step t at which each of the octaves with their own mantissa bits begins, and
-    where the tail begins."""
-    bases = [0]
-    for bits in mantissa_bits:
-        bases.append(bases[-1] + (1 << bits))
-    return tuple(bases)
+class StepRegion(NamedTuple):
+    """Consecutive octaves with the same number of steps: there a step's ratio is linear
+    in its bits, ``bits(t) = origin - (t << shift)``, for t from ``first_step``, and the
+    ratios with bits of at least ``lowest_bits`` belong to it."""
+
+    first_step: int
+    lowest_bits: int
+    shift: int
+    origin: int
+
+
+def step_regions(mantissa_bits: tuple[int, ...]) -> tuple[StepRegion, ...]:
+    """The regions of a code with ``mantissa_bits`` per octave from the top, then ``TAIL_BITS``.
+
+    >>> [region.shift for region in step_regions(SIGNED_MANTISSA_BITS)]
+    [18, 19, 20]
+    """
+    widths = list(mantissa_bits) + [TAIL_BITS]
+    regions, step, octave = [], 0, 0
+    while octave < len(widths):
+        width = widths[octave]
+        end = octave + 1
+        while end < len(mantissa_bits) and widths[end] == width:
+            end += 1
+        last = octave == len(mantissa_bits)
+        shift = 23 - width
+        regions.append(StepRegion(step, 0 if last else (127 - end) << 23, shift, ((127 - octave) << 23) + (step << shift)))
+        step += (end - octave) << width
+        octave = end
+    return tuple(regions)
 
 
 def step_ratio(t: int, mantissa_bits: tuple[int, ...]) -> float:
     """The ratio step ``t`` stands for (exact in fp32)."""
-    bases = octave_bases(mantissa_bits)
-    if t < bases[-1]:
-        e = max(i for i, base in enumerate(bases[:-1]) if base <= t)
-        k, bits = t - bases[e], mantissa_bits[e]
-    else:
-        e, k, bits = len(mantissa_bits) + (t - bases[-1]) // (1 << TAIL_BITS), (t - bases[-1]) % (1 << TAIL_BITS), TAIL_BITS
-    if k == 0:
-        return 2.0**-e
-    return 2.0 ** -(e + 1) * (1 + ((1 << bits) - k) / (1 << bits))
+    region = [r for r in step_regions(mantissa_bits) if r.first_step <= t][-1]
+    return float(np.array(region.origin - (t << region.shift), np.int32).view(np.float32))
 
 
 def _code_values() -> np.ndarray:
@@ -185,20 +202,15 @@ def stochastic_bfloat16(
 
 
 def _steps(ratios: Tensor, mantissa_bits: tuple[int, ...]) -> Tensor:
-    """Steps t (int32) of fp32 ratios in [0, 1], rounded to the nearest step (halves up, in r)."""
+    """Steps t (int32) of fp32 ratios in [0, 1], rounded to the nearest step (halves to the larger ratio)."""
     bits = ratios.view(torch.int32)
-    octave = 126 - (bits >> 23)  # e: r in [2^-(e+1), 2^-e)
-    fraction = bits & 0x7FFFFF
-    bases = octave_bases(mantissa_bits)
-    tail = len(mantissa_bits)
-    kept = torch.full_like(bits, TAIL_BITS)
-    base = bases[-1] + (octave - tail) * (1 << TAIL_BITS)
-    for e, width in enumerate(mantissa_bits):
-        kept = torch.where(octave == e, width, kept)
-        base = torch.where(octave == e, bases[e], base)
-    j = (fraction + (1 << (22 - kept))) >> (23 - kept)
-    steps = base + (1 << kept) - j
-    return torch.where(ratios >= 1, 0, steps)
+    regions = step_regions(mantissa_bits)
+    origin, shift = torch.full_like(bits, regions[-1].origin), torch.full_like(bits, regions[-1].shift)
+    for region in reversed(regions[:-1]):
+        inside = bits >= region.lowest_bits
+        origin = torch.where(inside, region.origin, origin)
+        shift = torch.where(inside, region.shift, shift)
+    return (origin - bits + (1 << (shift - 1)) - 1) >> shift
 
 
 def _ratio_codes(ratios: Tensor, signed: Tensor) -> Tensor:
