@@ -24,6 +24,7 @@ each template per rule, into a cache folder it owns:
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import importlib.util
 import inspect
@@ -234,10 +235,6 @@ class CompiledLoops:
         for future in futures:
             future.result()
 
-    def ensure_over_items(self, name: str, key: tuple, args: tuple, items, starts, ends, out) -> None:
-        """``ensure`` for a loop that ``run_over_items`` will run."""
-        self.ensure(name, key, *args, items, starts, ends, out)
-
     def ensure(self, name: str, key: tuple, *args) -> None:
         """Compile loop ``name`` for ``args`` now, so that a later ``run`` cannot fail compiling."""
         self._ensure(name, key, args)
@@ -314,13 +311,9 @@ def triton_loops_for(rule) -> types.ModuleType:
     return module
 
 
-_private: list[Path] = []
-
-
+@functools.cache
 def _private_folder() -> Path:
     """A folder of this process's own, removed when it ends."""
-    if not _private:
-        folder = Path(tempfile.mkdtemp(prefix="adamkit-"))
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        _private.append(folder)
-    return _private[0]
+    folder = Path(tempfile.mkdtemp(prefix="adamkit-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder

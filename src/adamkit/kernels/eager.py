@@ -5,8 +5,8 @@ new tensors, and on a chunk those temporaries and the copies back stay in cache,
 step streams each parameter, gradient and state tensor through memory about once
 instead of once per operation. Every operation is elementwise, so the result does not
 depend on the chunking (the parity tests include tensors of many chunks). On a GPU
-each operation is a launch: tensors go whole (a 4096 x 4096 AdamW step in chunks was
-2,823 launches).
+each operation is a launch: tensors go whole (a 4096 x 4096 AdamW step in chunks made
+3,849 aten calls, counted on the meta device).
 
 By default it makes torch's calls, so it equals ``torch.optim``'s for-loop on the
 machine it runs on. With ``exact=True`` (the default optimizer mode, for the few tensors

@@ -5,8 +5,9 @@ function the eager kernel runs on tensors, bound to ``scalar_ops`` and compiled 
 numba, see ``cpu_loops``), and stored once: 28 bytes per parameter for fp32 Adam, the
 least the step can move. Tensors are cut into work items of at most
 ``WORK_ITEM_ELEMENTS`` so that many small tensors and a few large ones spread evenly
-over torch's thread count (``CompiledLoops.run_over_items``). Hyperparameters are arguments, so schedulers never recompile. What
-it takes, and how each step checks its plan, is ``adamkit.kernels.fused``'s part.
+over torch's thread count (``CompiledLoops.run_over_items``). Hyperparameters are
+arguments, so schedulers never recompile. What it takes, and how each step checks its
+plan, is ``adamkit.kernels.fused``'s part.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class FusedCpuKernel(FusedKernel):
                     noise, plan.tensor_ids, watch,
                 )
                 work = (items, plan.starts[chosen], plan.ends[chosen], changed)
-                loops.ensure_over_items("fused_pass", specialization, arguments, *work)
+                loops.ensure("fused_pass", specialization, *arguments, *work)
                 passes.append((specialization, arguments, work))
 
         def launch() -> list[Tensor]:
