@@ -58,6 +58,7 @@ CONFIGS = {
     "adagrad-bf16-sparse": (adamkit.Adagrad, dict(state_dtype="bf16"), True),
     "rmsprop-fp32-for-loop": (adamkit.RMSprop, dict(centered=True, momentum=0.5, foreach=False), False),
     "yogi-default": (adamkit.Yogi, {}, False),
+    "adamax-int8": (adamkit.Adamax, dict(weight_decay=0.1, state_dtype="int8"), False),
 }
 
 

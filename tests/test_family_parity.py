@@ -1,4 +1,4 @@
-"""adamkit.SGD / RMSprop / Adagrad against torch.optim, bit for bit on CPU, whole flag matrices."""
+"""adamkit.SGD / RMSprop / Adagrad / Adamax / RAdam against torch.optim, bit for bit on CPU, whole flag matrices."""
 
 import copy
 import functools
@@ -25,11 +25,17 @@ RMSPROP_FLAGS = _matrix(momentum=[0.0, 0.9], centered=[False, True], weight_deca
                         maximize=[False, True], alpha=[0.99, 0.5])
 ADAGRAD_FLAGS = _matrix(lr_decay=[0.0, 0.01], weight_decay=[0.0, 0.1], maximize=[False, True],
                         initial_accumulator_value=[0.0, 0.5])
+ADAMAX_FLAGS = _matrix(weight_decay=[0.0, 0.1], maximize=[False, True], betas=[(0.9, 0.999), (0.5, 0.9)])
+# both branches within the 12 steps run: rectified from step 6 on (beta2 0.999 and 0.9 alike)
+RADAM_FLAGS = _matrix(weight_decay=[0.0, 0.1], decoupled_weight_decay=[False, True], maximize=[False, True],
+                      betas=[(0.9, 0.999), (0.8, 0.9)])
 
 CASES = (
     [(torch.optim.SGD, adamkit.SGD, f) for f in SGD_FLAGS]
     + [(torch.optim.RMSprop, adamkit.RMSprop, f) for f in RMSPROP_FLAGS]
     + [(torch.optim.Adagrad, adamkit.Adagrad, f) for f in ADAGRAD_FLAGS]
+    + [(torch.optim.Adamax, adamkit.Adamax, f) for f in ADAMAX_FLAGS]
+    + [(torch.optim.RAdam, adamkit.RAdam, f) for f in RADAM_FLAGS]
 )
 
 
@@ -51,7 +57,8 @@ def test_matches_torch_bitwise(case, dtype, complex_, tensor_lr):
 
 
 @pytest.mark.parametrize("torch_cls,adamkit_cls", [(torch.optim.SGD, adamkit.SGD), (torch.optim.RMSprop, adamkit.RMSprop),
-                                                   (torch.optim.Adagrad, adamkit.Adagrad)])
+                                                   (torch.optim.Adagrad, adamkit.Adagrad), (torch.optim.Adamax, adamkit.Adamax),
+                                                   (torch.optim.RAdam, adamkit.RAdam)])
 def test_defaults_and_state_dict_layout_match_torch(torch_cls, adamkit_cls):
     params = make_params(torch.float32)
     result = run_side_by_side(torch_cls, adamkit_cls, params, {})
@@ -66,6 +73,8 @@ def test_defaults_and_state_dict_layout_match_torch(torch_cls, adamkit_cls):
     (torch.optim.SGD, adamkit.SGD, dict(lr=0.05, momentum=0.9, nesterov=True)),
     (torch.optim.RMSprop, adamkit.RMSprop, dict(lr=0.01, momentum=0.5, centered=True)),
     (torch.optim.Adagrad, adamkit.Adagrad, dict(lr=0.1, lr_decay=0.01)),
+    (torch.optim.Adamax, adamkit.Adamax, dict(lr=0.01, weight_decay=0.1)),
+    (torch.optim.RAdam, adamkit.RAdam, dict(lr=0.01, betas=(0.8, 0.9), weight_decay=0.1, decoupled_weight_decay=True)),
 ])
 @pytest.mark.parametrize("direction", ["torch->adamkit", "adamkit->torch"])
 @pytest.mark.parametrize("kernel", list(KERNELS))

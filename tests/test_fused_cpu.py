@@ -12,7 +12,7 @@ from adamkit.kernels import fused_cpu
 from adamkit.kernels.fused import FusedKernel
 from adamkit.kernels.compile_cache import loops_for
 from parity import EAGER, assert_bitwise_equal, assert_matches_torch, grads_for, make_params, run_side_by_side, step_together
-from test_family_parity import ADAGRAD_FLAGS, RMSPROP_FLAGS, SGD_FLAGS
+from test_family_parity import ADAGRAD_FLAGS, ADAMAX_FLAGS, RADAM_FLAGS, RMSPROP_FLAGS, SGD_FLAGS
 
 ADAM_FLAGS = [
     dict(weight_decay=wd, amsgrad=ams, maximize=mx, decoupled_weight_decay=dec, betas=(0.8, 0.99), eps=1e-6)
@@ -24,6 +24,8 @@ CASES = (
     + [(adamkit.SGD, f) for f in SGD_FLAGS]
     + [(adamkit.RMSprop, f) for f in RMSPROP_FLAGS]
     + [(adamkit.Adagrad, f) for f in ADAGRAD_FLAGS]
+    + [(adamkit.Adamax, f) for f in ADAMAX_FLAGS]
+    + [(adamkit.RAdam, f) for f in RADAM_FLAGS]
 )
 
 
@@ -366,3 +368,49 @@ def test_any_nonzero_reads_each_tensor_as_the_zero_gradient_agreement_needs():
     assert fused_cpu.any_nonzero(adamkit.Adam.update_rule, tensors) == [
         False, False, True, True, False, True, False, False,
     ]
+
+
+@pytest.mark.parametrize("state_dtype", [None, "bf16", "int8"])
+def test_warmup_compiles_what_the_first_step_runs_and_changes_nothing(state_dtype, monkeypatch):
+    """After ``adamkit.warmup`` the first step compiles nothing; warmup itself leaves
+    parameters, gradients, state and step counts as they were."""
+    loops = loops_for(adamkit.AdamW.update_rule.name, adamkit.AdamW.update_rule.update)
+    monkeypatch.setattr(loops, "_ready", set())  # as in a new process
+    compiled = []
+    real_compile = loops._compile
+    monkeypatch.setattr(loops, "_compile", lambda name, args: (compiled.append(name), real_compile(name, args)))
+    with_grad, without = torch.nn.Parameter(torch.randn(300)), torch.nn.Parameter(torch.randn(4, 5, dtype=torch.float64))
+    with_grad.grad = torch.randn(300)
+    before = [with_grad.detach().clone(), without.detach().clone(), with_grad.grad.clone()]
+    optimizer = adamkit.AdamW([with_grad, without], lr=0.1, weight_decay=0.1, state_dtype=state_dtype,
+                              low_precision_min_elements=0)
+    adamkit.warmup(optimizer)
+    assert compiled and "fused_pass" in compiled
+    assert len(optimizer.state) == 0 and optimizer.rounds == 0 and without.grad is None
+    assert all(map(torch.equal, before, [with_grad.detach(), without.detach(), with_grad.grad]))
+    compiled.clear()
+    without.grad = torch.randn(4, 5, dtype=torch.float64)
+    optimizer.step()
+    assert compiled == [] and optimizer.last_step_kernels == {"fused_cpu": 2}
+    assert int(optimizer.state[with_grad]["step"]) == 1
+
+
+@pytest.mark.parametrize("lr_dtype", [torch.float32, torch.float64])
+def test_a_tensor_lr_gives_fp64_parameters_coefficients_computed_in_double(lr_dtype):
+    """The default kernel computes coefficients from the tensor's value in double
+    precision, correctly rounded, as from the same number passed as a float (torch's
+    for-loop rounds lr / (1 - beta1^t) to the tensor's dtype; ``foreach=False`` does too)."""
+    lr = torch.tensor(0.01, dtype=lr_dtype)
+    g = torch.Generator().manual_seed(11)
+    start = torch.randn(1000, generator=g, dtype=torch.float64)
+    grads = [torch.randn(1000, generator=g, dtype=torch.float64) for _ in range(4)]
+    results = []
+    for value in (lr, lr.item()):
+        p = torch.nn.Parameter(start.clone())
+        optimizer = adamkit.AdamW([p], lr=value, weight_decay=0.1)
+        for grad in grads:
+            p.grad = grad.clone()
+            optimizer.step()
+        assert optimizer.last_step_kernels == {"fused_cpu": 1}
+        results.append(p.detach())
+    assert torch.equal(*results)

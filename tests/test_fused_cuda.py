@@ -115,6 +115,103 @@ def test_cuda_parameters_without_triton_step_eagerly_with_a_warning(monkeypatch)
     assert caught[0].filename == __file__
 
 
+def test_a_pass_that_cannot_compile_falls_back_to_the_eager_kernel_with_one_warning(cuda_kernel_on_cpu, monkeypatch):
+    """Triton fails for this GPU (here: every compile raises, as an unsupported
+    architecture would): the step, and every later one, runs on the eager kernel with
+    the same bits as a run that never had the fused kernel, and one warning names the error."""
+    from adamkit.kernels import compile_cache, fused_cuda
+
+    real = compile_cache.triton_loops_for
+    attempts = []
+
+    class Failing:
+        def __init__(self, module):
+            self.module = module
+
+        def __getattr__(self, name):
+            return getattr(self.module, name)
+
+        @property
+        def fused_pass(self):
+            outer = self
+
+            class Pass:
+                def warmup(self, *args, **kwargs):
+                    attempts.append(kwargs)
+                    raise RuntimeError("PassManager::run failed (sm_37 is not supported)")
+
+                def __getitem__(self, grid):
+                    raise AssertionError("launched a pass that failed to compile")
+
+            return Pass()
+
+    monkeypatch.setattr(fused_cuda, "_unusable", {})
+    monkeypatch.setattr(compile_cache, "triton_loops_for", lambda rule: Failing(real(rule)))
+    params = _small_params(torch.float32)
+    kwargs = dict(lr=0.01, weight_decay=0.1, state_dtype="bf16", low_precision_min_elements=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fallback = run_side_by_side(adamkit.AdamW, adamkit.AdamW, params, kwargs, steps=3)
+    messages = [w for w in caught if "could not compile" in str(w.message)]
+    assert len(messages) == 1 and "sm_37 is not supported" in str(messages[0].message), [str(w.message) for w in caught]
+    assert len(attempts) == 1 and attempts[0]["num_warps"] == fused_cuda.NUM_WARPS
+    assert fallback[3].last_step_kernels == {"eager": len(params)}
+    monkeypatch.setattr(base, "_fused_kernels", lambda: [])
+    eager = run_side_by_side(adamkit.AdamW, adamkit.AdamW, params, kwargs, steps=3)
+    assert_bitwise_equal(eager[1], fallback[1], eager[3], fallback[3])
+
+
+def test_a_failed_compile_is_reported_at_the_users_step(cuda_kernel_on_cpu, monkeypatch):
+    from adamkit.kernels import compile_cache, fused_cuda
+
+    monkeypatch.setattr(fused_cuda, "_unusable", {})
+    broken = type("Broken", (), {"warmup": lambda self, *a, **k: 1 / 0})()
+    monkeypatch.setattr(compile_cache, "triton_loops_for", lambda rule: type("Loops", (), {"fused_pass": broken})())
+    w = torch.nn.Parameter(torch.ones(10))
+    optimizer = adamkit.Adam([w], lr=0.1)
+    w.grad = torch.ones(10)
+    with pytest.warns(RuntimeWarning, match="ZeroDivisionError: division by zero") as caught:
+        optimizer.step()
+    assert caught[0].filename == __file__
+    assert optimizer.last_step_kernels == {"eager": 1}
+    torch.testing.assert_close(w.detach(), torch.full((10,), 0.9))
+
+
+def test_differing_step_counts_upload_their_block_tables_once(cuda_kernel_on_cpu, monkeypatch):
+    """One parameter's state reset: its step count differs from the others' from then
+    on, so each step runs two passes, with block tables uploaded once, not every step;
+    the bits are the CPU kernel's."""
+    from adamkit.kernels import fused_cuda
+
+    uploads = []
+    real_upload = fused_cuda._upload
+    monkeypatch.setattr(fused_cuda, "_upload", lambda values, *a: (uploads.append(len(values)), real_upload(values, *a))[1])
+
+    def run():
+        params = _small_params(torch.float32)
+        optimizer = adamkit.Adam(params, lr=0.01)
+        g = torch.Generator().manual_seed(5)
+        for p in params:
+            p.grad = torch.empty_like(p)
+        per_step = []
+        for step in range(6):
+            for p in params:
+                p.grad.copy_(torch.randn(p.shape, generator=g))
+            if step == 2:
+                optimizer.reset_state(params[1:3])
+            uploads.clear()
+            optimizer.step()
+            per_step.append(len(uploads))
+        assert {int(optimizer.state[p]["step"]) for p in params} == {4, 6}
+        return params, optimizer, per_step
+
+    cuda_params, cuda_optimizer, per_step = run()
+    assert per_step[2] > 2 and per_step[3:] == [2, 2, 2]  # two passes' coefficients, nothing else
+    monkeypatch.setattr(base, "_fused_kernels", lambda: [FusedCpuKernel()])
+    cpu_params, cpu_optimizer, _ = run()
+    assert_bitwise_equal(cpu_params, cuda_params, cpu_optimizer, cuda_optimizer)
+
+
 def test_zero_grad_warning_comes_at_most_one_step_late(cuda_kernel_on_cpu):
     """The flags come back without waiting for the device, so the warning may come a
     step late; it names the parameter that moved."""
@@ -156,9 +253,9 @@ COMPILE_FOR_H100 = """
 import json, re, triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from adamkit.kernels.compile_cache import triton_loops_for
-from adamkit.rules import adam, adagrad, rmsprop, sgd, yogi
+from adamkit.rules import adam, adagrad, adamax, rmsprop, sgd, yogi
 instructions = {}
-for rule in (adam, yogi, sgd, rmsprop, adagrad):
+for rule in (adam, yogi, sgd, rmsprop, adagrad, adamax):
     loops = triton_loops_for(rule)
     # (parameter storage, state storage, compute): torch's formats, and fp32 parameters with bf16 and int8 state
     for storage, state, compute in (("fp32", "fp32", "fp32"), ("bf16", "bf16", "fp32"), ("fp16", "fp16", "fp32"),

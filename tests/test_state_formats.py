@@ -20,6 +20,8 @@ ALGORITHMS = [
     (adamkit.SGD, dict(momentum=0.9)),
     (adamkit.RMSprop, dict(centered=True, momentum=0.5)),
     (adamkit.Adagrad, dict(lr_decay=0.01)),
+    (adamkit.Adamax, dict(weight_decay=0.1)),
+    (adamkit.RAdam, dict(betas=(0.8, 0.9))),
 ]
 IDS = [cls.__name__ for cls, _ in ALGORITHMS]
 

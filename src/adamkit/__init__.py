@@ -5,7 +5,7 @@
 >>> optimizer = adamkit.Adam(model.parameters(), lr=0.1)
 """
 
-from adamkit.optimizers import SGD, Adagrad, Adam, AdamW, RMSprop, Yogi
+from adamkit.optimizers import SGD, Adagrad, Adam, Adamax, AdamW, RAdam, RMSprop, Yogi, warmup
 from adamkit.safety import CheckpointError, freeze, load_checkpoint, param_groups, save_checkpoint, unfreeze
 from adamkit.trace import trace
 
@@ -14,7 +14,9 @@ __all__ = [
     "Adagrad",
     "Adam",
     "AdamW",
+    "Adamax",
     "CheckpointError",
+    "RAdam",
     "RMSprop",
     "Yogi",
     "freeze",
@@ -23,5 +25,6 @@ __all__ = [
     "save_checkpoint",
     "trace",
     "unfreeze",
+    "warmup",
 ]
 __version__ = "0.1.0"

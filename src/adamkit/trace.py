@@ -20,9 +20,10 @@ from adamkit.state.formats import decoded
 
 # State keys holding an algorithm's running moments of the gradient, by torch's names:
 # Adam/AdamW/Yogi keep exp_avg and exp_avg_sq, centered RMSprop grad_avg and
-# square_avg, Adagrad its sum of squares.
+# square_avg, Adagrad its sum of squares, Adamax exp_avg and exp_inf (an infinity norm,
+# which is not bias-corrected).
 FIRST_MOMENT_KEYS = ("exp_avg", "grad_avg")
-SECOND_MOMENT_KEYS = ("exp_avg_sq", "square_avg", "sum")
+SECOND_MOMENT_KEYS = ("exp_avg_sq", "square_avg", "sum", "exp_inf")
 
 ParamsToTrace = Mapping[str, Tensor] | Iterable[Tensor] | Iterable[tuple[str, Tensor]]
 
@@ -33,8 +34,9 @@ class StepRecord:
 
     ``exp_avg`` and ``exp_avg_sq`` are the first and second moments the algorithm
     keeps (``None`` where it keeps none; RMSprop's ``square_avg`` and Adagrad's ``sum``
-    count as second moments). ``m_hat`` and ``v_hat`` are those moments divided by
-    ``1 - beta1**step`` and ``1 - beta2**step``, for algorithms with ``betas``.
+    count as second moments, and so does Adamax's ``exp_inf``). ``m_hat`` and ``v_hat``
+    are those moments divided by ``1 - beta1**step`` and ``1 - beta2**step``, for
+    algorithms with ``betas`` (``v_hat`` only for an ``exp_avg_sq``).
     ``update`` is the new parameter minus the old; ``param`` is the new parameter.
     """
 
@@ -146,7 +148,8 @@ class Trace:
             if betas is not None and exp_avg is not None and exp_avg_sq is not None:
                 beta1, beta2 = (float(beta) for beta in betas)
                 m_hat = exp_avg / (1 - beta1**step)
-                v_hat = exp_avg_sq / (1 - beta2**step)
+                if torch.is_tensor(state.get("exp_avg_sq")):
+                    v_hat = exp_avg_sq / (1 - beta2**step)
             after = param.detach().clone()
             self.records.append(
                 StepRecord(

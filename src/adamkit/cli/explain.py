@@ -26,7 +26,7 @@ from adamkit.trace import format_number, trace
 COLUMN_MEANINGS = {
     "grad": "g_t, the gradient at theta_(t-1)",
     "exp_avg": "m_t, the first moment in the optimizer's state",
-    "exp_avg_sq": "v_t, the second moment in the optimizer's state (RMSprop: square_avg, Adagrad: sum)",
+    "exp_avg_sq": "v_t, the second moment in the optimizer's state (RMSprop: square_avg, Adagrad: sum, Adamax: exp_inf, the infinity norm u_t)",
     "m_hat": "m_t / (1 - beta1^t), the bias-corrected first moment",
     "v_hat": "v_t / (1 - beta2^t), the bias-corrected second moment",
     "update": "theta_t - theta_(t-1)",

@@ -155,6 +155,8 @@ def eager_step(
                 widen = (lambda t: t.to(store.compute_dtype)) if not param.is_complex() else (lambda t: t)
                 new_param, grad_piece = widen(new_param), widen(grad_piece)
                 inputs = {name: widen(v) for name, v in inputs.items()}
+            if rule.decays_real_view:
+                new_param, grad_piece = real(new_param), real(grad_piece)
             new_param, grad_piece = maximize_and_weight_decay(new_param, grad_piece, decay)
             slot_values = [inputs.get(name) for name in rule.slots]
             slot_values += [None] * (3 - len(slot_values))

@@ -9,6 +9,11 @@ the CPU, as torch keeps them outside capturable and fused mode, so the coefficie
 computed on the host, correctly rounded. The zero-grad warning reads its flags back
 asynchronously and so may come one step late.
 
+Every pass is compiled and loaded while the step is prepared, before anything is
+written. Where Triton cannot compile or load it for a GPU (an old architecture, ROCm, a
+Triton version that differs), that device's parameters step on the eager kernel from
+then on, and one warning names the error: a run that torch.optim would train never stops.
+
 Run with ``TRITON_INTERPRET=1``, Triton executes the pass on CPU tensors (NumPy
 arithmetic, so fused multiply-adds round twice); the test suite uses that, with the
 kernel's device type set to "cpu", to check every rule and flag without a GPU.
@@ -30,8 +35,12 @@ from adamkit.kernels.fused import FusedKernel, FusedPlan, Launch, storage_dtype
 from adamkit.rules import EXACT, Rule, decay_coefficients
 from adamkit.state.formats import CODE_VALUES, StateSpec
 
+# Devices where the pass failed to compile or load: (the error, as the warning named it).
+_unusable: dict[torch.device, str] = {}
+
 BLOCK = 2048
 ROWS = 8  # parameter, gradient, three state slots, their int8 scales
+MAX_PARTITIONS = 16  # block tables kept per plan for parameters whose step counts differ
 _TRITON_DTYPES = {}  # torch dtype -> triton dtype, filled on first use
 
 
@@ -59,6 +68,21 @@ def _warn_without_triton() -> None:
 # ptxas -v for sm_90a (issue 21): with 4 warps a block of 2048 took 255 registers per
 # thread for fp32 Adam and int8 state spilled 236 bytes; with 8, 128 and 187, no spills.
 NUM_WARPS = 8
+
+
+class _PassUnusable(Exception):
+    """Triton could not compile or load the pass for ``device``."""
+
+    def __init__(self, device: torch.device, error: Exception) -> None:
+        super().__init__(device, error)
+        self.device, self.error = device, error
+
+
+def _describe(device: torch.device) -> str:
+    if device.type != "cuda":
+        return str(device)
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"{device} ({torch.cuda.get_device_name(device)}, compute capability {major}.{minor})"
 
 
 def _on_device(device: torch.device):
@@ -106,6 +130,24 @@ class _Tables:
         self.flags = torch.zeros(2 * len(plan.params), dtype=torch.int32, device=device)
         self.flags_on_host: Tensor | None = None
         self.flags_ready: torch.cuda.Event | None = None
+        self.compiled: set[bool] = set()  # the WATCH constants compiled and loaded for this plan
+        self.plan_items, self.plan_starts = plan.items, plan.starts
+        self.partitions: dict[bytes, tuple[Tensor, Tensor]] = {}
+
+    def blocks_of(self, chosen: np.ndarray) -> tuple[Tensor, Tensor]:
+        """The block tables of the ``chosen`` blocks (a mask over the plan's blocks),
+        uploaded once: parameters whose step counts differ keep differing the same way."""
+        key = np.packbits(chosen).tobytes()
+        tables = self.partitions.get(key)
+        if tables is None:
+            if len(self.partitions) >= MAX_PARTITIONS:
+                self.partitions.clear()
+            indices = np.flatnonzero(chosen)
+            tables = self.partitions[key] = (
+                _upload(self.plan_items[indices].astype(np.int32), self.elements.device, torch.int32),
+                _upload(self.plan_starts[indices], self.elements.device, torch.int64),
+            )
+        return tables
 
     def follow_grads(self, grad_addresses: np.ndarray) -> None:
         """Gradients at new addresses (new tensors after ``zero_grad(set_to_none=True)``,
@@ -114,6 +156,18 @@ class _Tables:
             count = len(grad_addresses)
             self.addresses[count : 2 * count].copy_(_upload(grad_addresses, self.addresses.device, torch.int64), non_blocking=True)
             self.grad_addresses = grad_addresses
+
+
+def _compile_ahead(fused_pass, device: torch.device, arguments: tuple, constants: Mapping) -> None:
+    """Compile the pass for these arguments (specialized as a launch would be) and load it
+    on ``device``, launching nothing; any failure raises ``_PassUnusable``."""
+    try:
+        with _on_device(device):
+            kernel = fused_pass.warmup(*arguments, grid=(1,), **constants)
+            if hasattr(kernel, "_init_handles"):  # loading can fail too (not enough shared memory)
+                kernel._init_handles()
+    except Exception as error:  # noqa: BLE001 - whatever Triton raises, the eager kernel can step these parameters
+        raise _PassUnusable(device, error) from error
 
 
 class FusedCudaKernel(FusedKernel):
@@ -125,12 +179,25 @@ class FusedCudaKernel(FusedKernel):
 
     @classmethod
     def supports(cls, t: Tensor) -> bool:
-        return super().supports(t) and triton_available()
+        return super().supports(t) and triton_available() and t.device not in _unusable
 
     def prepare_group(self, rule: Rule, group_key: int, params: list[Tensor], *args, **kwargs):
         if params and not triton_available():
             _warn_without_triton()
-        return super().prepare_group(rule, group_key, params, *args, **kwargs)
+        while True:  # once more for each device whose pass fails: its parameters go to the eager kernel
+            try:
+                return super().prepare_group(rule, group_key, params, *args, **kwargs)
+            except _PassUnusable as failure:
+                self._layouts.pop(group_key, None)
+                reason = f"{type(failure.error).__name__}: {failure.error}".strip()
+                _unusable[failure.device] = reason
+                warnings.warn(
+                    f"adamkit: Triton could not compile or load the fused CUDA kernel for "
+                    f"{_describe(failure.device)}, so its parameters step on the eager kernel from now on "
+                    f"(correct, but several launches per tensor). The error: {reason[:2000]}",
+                    RuntimeWarning,
+                    stacklevel=6,  # the user's step(): through dispatch, RuleOptimizer.step and torch's hook wrapper
+                )
 
     def prepare_launch(
         self, rule: Rule, plan: FusedPlan, addresses: tuple[np.ndarray, np.ndarray], hp: Mapping, spec: StateSpec,
@@ -159,15 +226,25 @@ class FusedCudaKernel(FusedKernel):
             if uniform:
                 block_tensor, block_start = tables.block_tensor, tables.block_start
             else:  # parameters whose step counts differ (one added later) need their own coefficients
-                chosen = np.flatnonzero(((keys[0] == step) & (keys[1] == fresh))[plan.items])
-                block_tensor = _upload(plan.items[chosen].astype(np.int32), plan.device, torch.int32)
-                block_start = _upload(plan.starts[chosen], plan.device, torch.int64)
+                block_tensor, block_start = tables.blocks_of(((keys[0] == step) & (keys[1] == fresh))[plan.items])
             passes.append((values, len(c), block_tensor, block_start, int(step if counts_steps else spec.rounds)))
         constants = dict(
             STORAGE=_triton_dtype(dtype), COMPUTE=_triton_dtype(compute),
             SLOT0=slot_types[0], SLOT1=slot_types[1], SLOT2=slot_types[2],
             WATCH=report_moved, BLOCK=self.item_elements, STOCHASTIC=plan.rounds_stochastically(spec),
+            enable_fp_fusion=False, num_warps=NUM_WARPS,
         )
+
+        def arguments(values, count, block_tensor, block_start, round_) -> tuple:
+            return (
+                tables.addresses, tables.elements, block_tensor, block_start, values, values[count:],
+                tables.flags, len(plan.params), tables.tensor_ids,
+                spec.seed & 0xFFFFFFFF, round_ & 0xFFFFFFFF, tables.codebook,
+            )
+
+        if report_moved not in tables.compiled:
+            _compile_ahead(loops.fused_pass, plan.device, arguments(*passes[0]), constants)
+            tables.compiled.add(report_moved)
 
         def launch() -> list[Tensor]:
             moved = self._moved_last_time(plan, tables)
@@ -179,13 +256,8 @@ class FusedCudaKernel(FusedKernel):
             with _on_device(plan.device):
                 if report_moved:
                     tables.flags.zero_()
-                for values, count, block_tensor, block_start, round_ in passes:
-                    loops.fused_pass[(len(block_tensor),)](
-                        tables.addresses, tables.elements, block_tensor, block_start, values, values[count:],
-                        tables.flags, len(plan.params), tables.tensor_ids,
-                        spec.seed & 0xFFFFFFFF, round_ & 0xFFFFFFFF, tables.codebook,
-                        **constants, enable_fp_fusion=False, num_warps=NUM_WARPS,
-                    )
+                for step_pass in passes:
+                    loops.fused_pass[(len(step_pass[2]),)](*arguments(*step_pass), **constants)
                 if report_moved:
                     self._read_flags_later(tables)
             return moved

@@ -240,12 +240,24 @@ def sqrt(x):
     """Correctly rounded square root."""
 
 
+def reciprocal(x):
+    """``1 / x``, correctly rounded."""
+
+
 def sign(x):
     """1, -1 or 0 (also for NaN)."""
 
 
+def absolute(x):
+    """``|x|`` (NaN stays NaN)."""
+
+
 def maximum(a, b):
     """The larger value; NaN wins."""
+
+
+def where(condition, a, b):
+    """``a`` if ``condition`` else ``b``."""
 
 
 def clone(x):
@@ -307,10 +319,27 @@ def _sqrt(x):
     return lambda x: np.sqrt(x)
 
 
+@overload(reciprocal, inline="always")
+def _reciprocal(x):
+    one = as_dtype(x).type(1)
+    return lambda x: one / x
+
+
+@overload(where, inline="always")
+def _where(condition, a, b):
+    kind = as_dtype(a).type
+    return lambda condition, a, b: a if condition else kind(b)
+
+
 @overload(sign, inline="always")
 def _sign(x):
     kind = as_dtype(x).type
     return lambda x: kind(x > 0) - kind(x < 0)
+
+
+@overload(absolute, inline="always")
+def _absolute(x):
+    return lambda x: abs(x)
 
 
 @overload(maximum, inline="always")

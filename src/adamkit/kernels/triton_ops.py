@@ -59,8 +59,23 @@ def sqrt(x):
 
 
 @triton.jit
+def reciprocal(x):
+    return div(tl.full(x.shape, 1, x.dtype), x)
+
+
+@triton.jit
+def where(condition, a, b):
+    return tl.where(condition, a, b)
+
+
+@triton.jit
 def sign(x):
     return (x > 0).to(x.dtype) - (x < 0).to(x.dtype)
+
+
+@triton.jit
+def absolute(x):
+    return tl.abs(x)
 
 
 @triton.jit

@@ -91,6 +91,37 @@ def prepare_step(optimizer: RuleOptimizer, checks: GradientChecks) -> PreparedSt
     return prepared
 
 
+def warmup(optimizer: RuleOptimizer) -> None:
+    """Compile now what ``optimizer``'s first step will run, so that no step waits for it.
+
+    The step is prepared as if every unfrozen parameter had an all-zero gradient (those
+    without one get it for the moment): the fused kernels lay out their plans and compile
+    their passes (numba on the CPU, Triton on CUDA, both cached on disk for the next run),
+    then everything is taken back: parameters, gradients, state and step counts are as
+    they were. The state is allocated for the moment, so the memory a step needs is
+    reserved once too.
+
+    >>> import torch, adamkit
+    >>> w = torch.nn.Parameter(torch.ones(3))
+    >>> optimizer = adamkit.Adam([w], lr=0.1)
+    >>> adamkit.warmup(optimizer)
+    >>> len(optimizer.state), w.grad
+    (0, None)
+    """
+    without = [
+        p for group in optimizer.param_groups for p in group["params"] if p.grad is None and p not in optimizer.frozen
+    ]
+    try:
+        for p in without:
+            p.grad = torch.zeros_like(p)
+        checks = GradientChecks(overflowed=False, finite=True, sharded=frozenset(), zero=[], moved_earlier=[])
+        with torch.no_grad():
+            prepare_step(optimizer, checks).undo()
+    finally:
+        for p in without:
+            p.grad = None
+
+
 def _prepare_fused(
     optimizer: RuleOptimizer, group: dict[str, Any], hp: dict[str, Any], spec: StateSpec, prepared: PreparedStep
 ) -> list[Tensor]:

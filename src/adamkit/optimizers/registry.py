@@ -7,13 +7,15 @@ from collections.abc import Callable, Iterable
 import torch
 from torch.optim import Optimizer
 
-from adamkit.optimizers import SGD, Adagrad, Adam, AdamW, RMSprop, Yogi
+from adamkit.optimizers import SGD, Adagrad, Adam, Adamax, AdamW, RAdam, RMSprop, Yogi
 
 _FACTORIES: dict[str, Callable[..., Optimizer]] = {
     "adam": Adam,
     "adamw": AdamW,
     "amsgrad": lambda params, **options: Adam(params, amsgrad=True, **options),
     "yogi": Yogi,
+    "adamax": Adamax,
+    "radam": RAdam,
     "sgd": SGD,
     "rmsprop": RMSprop,
     "adagrad": Adagrad,

@@ -12,6 +12,8 @@ for-loop implementation, so the eager kernel's results agree with it bit for bit
 
 from adamkit.rules.adagrad import adagrad
 from adamkit.rules.adam import adam, bias_corrections
+from adamkit.rules.adamax import adamax
+from adamkit.rules.radam import radam
 from adamkit.rules.rmsprop import rmsprop
 from adamkit.rules.rule import Rule, bind
 from adamkit.rules.scalars import EXACT, TORCH, ScalarMath
@@ -27,10 +29,12 @@ __all__ = [
     "TORCH",
     "adagrad",
     "adam",
+    "adamax",
     "bias_corrections",
     "bind",
     "decay_coefficients",
     "maximize_and_weight_decay",
+    "radam",
     "rmsprop",
     "sgd",
     "yogi",

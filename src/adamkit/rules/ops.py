@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["lerp", "add_scaled", "addcmul", "addcdiv", "div", "ema_square", "sqrt", "sign", "maximum", "clone"]
+__all__ = ["lerp", "add_scaled", "addcmul", "addcdiv", "div", "ema_square", "sqrt", "reciprocal", "sign", "absolute", "maximum", "where", "clone"]
 
 
 def _requires_grad(value) -> bool:
@@ -67,13 +67,27 @@ def sqrt(x: Tensor) -> Tensor:
     return torch.sqrt(x)
 
 
+def reciprocal(x: Tensor) -> Tensor:
+    """``1 / x``, correctly rounded (what torch's ``number / tensor`` starts with)."""
+    return torch.reciprocal(x)
+
+
 def sign(x: Tensor) -> Tensor:
     return torch.sign(x)
+
+
+def absolute(x: Tensor) -> Tensor:
+    return torch.abs(x)
 
 
 def maximum(a: Tensor, b: Tensor) -> Tensor:
     """Elementwise maximum; NaN wins, as in ``torch.maximum``."""
     return torch.maximum(a, b)
+
+
+def where(condition, a, b):
+    """``a`` where ``condition`` holds, else ``b`` (torch's device-side branch of a capturable step)."""
+    return torch.where(condition, a, b)
 
 
 def clone(x: Tensor) -> Tensor:

@@ -25,7 +25,9 @@ class Rule:
     eager kernel) as well as on single numbers (the fused kernels).
 
     ``sparse_update(param, grad, state, c)``, where present, handles sparse gradients
-    (eager kernel only).
+    (eager kernel only). ``decays_real_view``: torch's for-loop applies weight decay to a
+    complex parameter's real view (RAdam, NAdam), not to the complex tensor (Adam),
+    which rounds differently; the eager kernel follows it.
     """
 
     name: str
@@ -33,6 +35,7 @@ class Rule:
     coefficients: Callable
     update: Callable
     sparse_update: Callable | None = None
+    decays_real_view: bool = False
 
 
 @lru_cache(maxsize=None)

@@ -28,7 +28,8 @@ def maximize_and_weight_decay(param, grad, t: DecayCoefficients):
     ``maximize`` negates the gradient. L2 decay adds ``weight_decay * param`` to the
     (possibly negated) gradient, so it enters the moments; decoupled decay (AdamW)
     shrinks the parameter by ``1 - lr * weight_decay`` and leaves the gradient alone.
-    The eager kernel runs this on complex tensors as given, before any real view.
+    The eager kernel runs this on complex tensors as given, before any real view,
+    unless the rule says torch decays the real view (``Rule.decays_real_view``).
 
     >>> import torch
     >>> t = decay_coefficients({"lr": 0.1, "weight_decay": 0.5, "maximize": True}, decoupled=False)

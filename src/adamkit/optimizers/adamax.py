@@ -1,0 +1,74 @@
+"""adamkit.Adamax: a drop-in for torch.optim.Adamax."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from torch import Tensor
+
+from adamkit import rules
+from adamkit.optimizers.base import RuleOptimizer
+from adamkit.optimizers.hyperparameters import check_betas, check_non_negative, check_tensor_lr
+from adamkit.state.formats import MIN_ELEMENTS
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+
+
+class Adamax(RuleOptimizer):
+    """Adamax: Adam with the infinity norm, ``u = max(beta2 u, |g| + eps)``, as its denominator.
+
+    Same signature, defaults, param-group keys, state and checkpoint format as
+    ``torch.optim.Adamax``; with ``foreach=False`` its results equal torch's for-loop bit
+    for bit. ``weight_decay`` is L2 (added to the gradient), as in torch.
+
+    Example:
+        >>> import torch, adamkit
+        >>> w = torch.nn.Parameter(torch.tensor([1.0, -1.0]))
+        >>> optimizer = adamkit.Adamax([w], lr=0.1)
+        >>> w.grad = torch.tensor([0.5, -2.0])
+        >>> optimizer.step()
+        >>> w.detach()  # the first step moves each weight by lr, whatever the gradient's size
+        tensor([ 0.9000, -0.9000])
+    """
+
+    update_rule = rules.adamax
+    sparse_grad_error = "Adamax does not support sparse gradients"
+    flag_defaults = {"foreach": None, "maximize": False, "differentiable": False, "capturable": False}
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 2e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        foreach: bool | None = None,
+        *,
+        maximize: bool = False,
+        differentiable: bool = False,
+        capturable: bool = False,
+        skip_nonfinite: bool = False,
+        warn_zero_grad_update: bool = True,
+        state_dtype: str | None = None,
+        state_seed: int = 0,
+        low_precision_min_elements: int = MIN_ELEMENTS,
+        process_group: ProcessGroup | None = None,
+    ) -> None:
+        check_tensor_lr(lr, foreach=None, capturable=capturable)
+        check_non_negative("learning rate", lr)
+        check_non_negative("epsilon value", eps)
+        check_betas(betas, foreach=None, capturable=capturable)
+        check_non_negative("weight_decay value", weight_decay)
+        defaults = {
+            "lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "foreach": foreach,
+            "maximize": maximize, "differentiable": differentiable, "capturable": capturable,
+        }
+        super().__init__(
+            params, defaults, skip_nonfinite=skip_nonfinite, warn_zero_grad_update=warn_zero_grad_update,
+            state_dtype=state_dtype, state_seed=state_seed, low_precision_min_elements=low_precision_min_elements,
+            process_group=process_group,
+        )
+
+    def state_fills(self, group: dict) -> dict[str, float]:
+        return {"exp_avg": 0.0, "exp_inf": 0.0}
