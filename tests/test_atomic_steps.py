@@ -59,6 +59,7 @@ CONFIGS = {
     "rmsprop-fp32-for-loop": (adamkit.RMSprop, dict(centered=True, momentum=0.5, foreach=False), False),
     "yogi-default": (adamkit.Yogi, {}, False),
     "adamax-int8": (adamkit.Adamax, dict(weight_decay=0.1, state_dtype="int8"), False),
+    "nadam-bf16": (adamkit.NAdam, dict(state_dtype="bf16"), False),
 }
 
 

@@ -1,4 +1,4 @@
-"""adamkit.SGD / RMSprop / Adagrad / Adamax / RAdam against torch.optim, bit for bit on CPU, whole flag matrices."""
+"""adamkit.SGD / RMSprop / Adagrad / Adamax / RAdam / NAdam against torch.optim, bit for bit on CPU, whole flag matrices."""
 
 import copy
 import functools
@@ -29,6 +29,8 @@ ADAMAX_FLAGS = _matrix(weight_decay=[0.0, 0.1], maximize=[False, True], betas=[(
 # both branches within the 12 steps run: rectified from step 6 on (beta2 0.999 and 0.9 alike)
 RADAM_FLAGS = _matrix(weight_decay=[0.0, 0.1], decoupled_weight_decay=[False, True], maximize=[False, True],
                       betas=[(0.9, 0.999), (0.8, 0.9)])
+NADAM_FLAGS = _matrix(weight_decay=[0.0, 0.1], decoupled_weight_decay=[False, True], maximize=[False, True],
+                      momentum_decay=[4e-3, 0.3])
 
 CASES = (
     [(torch.optim.SGD, adamkit.SGD, f) for f in SGD_FLAGS]
@@ -36,6 +38,7 @@ CASES = (
     + [(torch.optim.Adagrad, adamkit.Adagrad, f) for f in ADAGRAD_FLAGS]
     + [(torch.optim.Adamax, adamkit.Adamax, f) for f in ADAMAX_FLAGS]
     + [(torch.optim.RAdam, adamkit.RAdam, f) for f in RADAM_FLAGS]
+    + [(torch.optim.NAdam, adamkit.NAdam, f) for f in NADAM_FLAGS]
 )
 
 
@@ -58,7 +61,7 @@ def test_matches_torch_bitwise(case, dtype, complex_, tensor_lr):
 
 @pytest.mark.parametrize("torch_cls,adamkit_cls", [(torch.optim.SGD, adamkit.SGD), (torch.optim.RMSprop, adamkit.RMSprop),
                                                    (torch.optim.Adagrad, adamkit.Adagrad), (torch.optim.Adamax, adamkit.Adamax),
-                                                   (torch.optim.RAdam, adamkit.RAdam)])
+                                                   (torch.optim.RAdam, adamkit.RAdam), (torch.optim.NAdam, adamkit.NAdam)])
 def test_defaults_and_state_dict_layout_match_torch(torch_cls, adamkit_cls):
     params = make_params(torch.float32)
     result = run_side_by_side(torch_cls, adamkit_cls, params, {})
@@ -75,6 +78,7 @@ def test_defaults_and_state_dict_layout_match_torch(torch_cls, adamkit_cls):
     (torch.optim.Adagrad, adamkit.Adagrad, dict(lr=0.1, lr_decay=0.01)),
     (torch.optim.Adamax, adamkit.Adamax, dict(lr=0.01, weight_decay=0.1)),
     (torch.optim.RAdam, adamkit.RAdam, dict(lr=0.01, betas=(0.8, 0.9), weight_decay=0.1, decoupled_weight_decay=True)),
+    (torch.optim.NAdam, adamkit.NAdam, dict(lr=0.01, momentum_decay=0.3, weight_decay=0.1)),
 ])
 @pytest.mark.parametrize("direction", ["torch->adamkit", "adamkit->torch"])
 @pytest.mark.parametrize("kernel", list(KERNELS))

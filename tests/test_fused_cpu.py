@@ -12,7 +12,7 @@ from adamkit.kernels import fused_cpu
 from adamkit.kernels.fused import FusedKernel
 from adamkit.kernels.compile_cache import loops_for
 from parity import EAGER, assert_bitwise_equal, assert_matches_torch, grads_for, make_params, run_side_by_side, step_together
-from test_family_parity import ADAGRAD_FLAGS, ADAMAX_FLAGS, RADAM_FLAGS, RMSPROP_FLAGS, SGD_FLAGS
+from test_family_parity import ADAGRAD_FLAGS, ADAMAX_FLAGS, NADAM_FLAGS, RADAM_FLAGS, RMSPROP_FLAGS, SGD_FLAGS
 
 ADAM_FLAGS = [
     dict(weight_decay=wd, amsgrad=ams, maximize=mx, decoupled_weight_decay=dec, betas=(0.8, 0.99), eps=1e-6)
@@ -26,6 +26,7 @@ CASES = (
     + [(adamkit.Adagrad, f) for f in ADAGRAD_FLAGS]
     + [(adamkit.Adamax, f) for f in ADAMAX_FLAGS]
     + [(adamkit.RAdam, f) for f in RADAM_FLAGS]
+    + [(adamkit.NAdam, f) for f in NADAM_FLAGS]
 )
 
 
@@ -414,3 +415,26 @@ def test_a_tensor_lr_gives_fp64_parameters_coefficients_computed_in_double(lr_dt
         assert optimizer.last_step_kernels == {"fused_cpu": 1}
         results.append(p.detach())
     assert torch.equal(*results)
+
+
+def test_scalar_state_that_differs_between_parameters_steps_each_with_its_own():
+    """NAdam's mu_product set by hand, to NaN for one parameter and to another value for
+    a second: each parameter steps with its own coefficients, as on the eager kernel
+    (NaN spreads to that parameter only)."""
+    results = []
+    for kernel in ({}, EAGER):
+        params = [torch.nn.Parameter(torch.ones(5)) for _ in range(3)]
+        optimizer = adamkit.NAdam(params, lr=0.1, **kernel)
+        for step in range(3):
+            for p in params:
+                p.grad = torch.full((5,), 0.5)
+            optimizer.step()
+            if step == 0:
+                optimizer.state[params[0]]["mu_product"].fill_(float("nan"))
+                optimizer.state[params[1]]["mu_product"].fill_(0.25)
+        results.append([p.detach().clone() for p in params] + [optimizer.state[p]["mu_product"] for p in params])
+    fused, eager = results
+    assert torch.isnan(fused[0]).all() and not torch.isnan(torch.stack(fused[1:3])).any()
+    assert not torch.equal(fused[1], fused[2])
+    for a, b in zip(fused, eager):
+        torch.testing.assert_close(a, b, equal_nan=True, rtol=1e-6, atol=0)

@@ -133,8 +133,6 @@ def test_a_pass_that_cannot_compile_falls_back_to_the_eager_kernel_with_one_warn
 
         @property
         def fused_pass(self):
-            outer = self
-
             class Pass:
                 def warmup(self, *args, **kwargs):
                     attempts.append(kwargs)
@@ -253,9 +251,9 @@ COMPILE_FOR_H100 = """
 import json, re, triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from adamkit.kernels.compile_cache import triton_loops_for
-from adamkit.rules import adam, adagrad, adamax, rmsprop, sgd, yogi
+from adamkit.rules import adam, adagrad, adamax, nadam, radam, rmsprop, sgd, yogi
 instructions = {}
-for rule in (adam, yogi, sgd, rmsprop, adagrad, adamax):
+for rule in (adam, yogi, sgd, rmsprop, adagrad, adamax, radam, nadam):
     loops = triton_loops_for(rule)
     # (parameter storage, state storage, compute): torch's formats, and fp32 parameters with bf16 and int8 state
     for storage, state, compute in (("fp32", "fp32", "fp32"), ("bf16", "bf16", "fp32"), ("fp16", "fp16", "fp32"),

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import adamkit
+from adamkit.optimizers.checkpoint_format import per_tensor_numbers
 from adamkit.kernels.fused import FusedKernel
 from adamkit.state import formats
 from parity import grads_for, step_together
@@ -22,6 +23,7 @@ ALGORITHMS = [
     (adamkit.Adagrad, dict(lr_decay=0.01)),
     (adamkit.Adamax, dict(weight_decay=0.1)),
     (adamkit.RAdam, dict(betas=(0.8, 0.9))),
+    (adamkit.NAdam, dict(decoupled_weight_decay=True, weight_decay=0.1)),
 ]
 IDS = [cls.__name__ for cls, _ in ALGORITHMS]
 
@@ -42,7 +44,8 @@ def _run(cls, kwargs, params, steps=6, **options):
 
 
 def _state_bytes(optimizer, params):
-    return sum(t.numel() * t.element_size() for p in params for k, t in optimizer.state[p].items() if k != "step")
+    numbers = per_tensor_numbers(optimizer)
+    return sum(t.numel() * t.element_size() for p in params for k, t in optimizer.state[p].items() if k not in numbers)
 
 
 LOW = ["bf16", "int8"]
@@ -57,7 +60,7 @@ def test_low_precision_state_is_stored_so_above_the_threshold(cls, kwargs, state
     assert optimizer.last_step_kernels == {"fused_cpu": len(params)}
     for p in params:
         expected = STORED[state_dtype] if p.numel() >= formats.MIN_ELEMENTS else {torch.float32}
-        assert {t.dtype for k, t in optimizer.state[p].items() if k != "step"} == expected
+        assert {t.dtype for k, t in optimizer.state[p].items() if k not in per_tensor_numbers(optimizer)} == expected
 
 
 def test_adam_state_bytes_per_parameter():
@@ -74,7 +77,7 @@ def test_the_same_seed_gives_the_same_bits(cls, kwargs):
     runs = [(_params(), seed) for seed in (7, 7, 8)]
     states = [(_run(cls, kwargs, params, state_dtype="bf16", state_seed=seed), params) for params, seed in runs]
     big = [i for i, p in enumerate(runs[0][0]) if p.numel() >= formats.MIN_ELEMENTS]
-    slot = next(k for k in states[0][0].state[runs[0][0][0]] if k != "step")
+    slot = next(k for k in states[0][0].state[runs[0][0][0]] if k not in per_tensor_numbers(states[0][0]))
 
     def bits(index):
         optimizer, params = states[index]

@@ -24,6 +24,7 @@ PAIRS = {
     torch.optim.Adagrad: adamkit.Adagrad,
     torch.optim.Adamax: adamkit.Adamax,
     torch.optim.RAdam: adamkit.RAdam,
+    torch.optim.NAdam: adamkit.NAdam,
 }
 INFOS = {info.optim_cls: info for info in common_optimizers.optim_db if info.optim_cls in PAIRS}
 
@@ -84,3 +85,39 @@ def test_torchs_error_cases_raise_as_torch(torch_cls, error):
             warnings.simplefilter("ignore")
             with pytest.raises(error.error_type, match=error.error_regex):
                 _raise(cls, error)
+
+
+# torch's TestDifferentiableOptimizer, for the algorithms the Adam tests in test_dropin.py do not cover:
+# state of one step, given as inputs that require grad; ``extra`` holds per-tensor numbers.
+DIFFERENTIABLE = {
+    torch.optim.Adamax: (("exp_avg", "exp_inf"), {}),
+    torch.optim.RAdam: (("exp_avg", "exp_avg_sq"), {}),
+    torch.optim.NAdam: (("exp_avg", "exp_avg_sq"), {"mu_product": 0.3}),
+}
+
+
+def _differentiable_step(cls, kwargs, names, extra, param, grad, *slots):
+    param = param.clone()  # a non-leaf, so the optimizer may update it in place
+    param.grad = grad
+    optimizer = cls([param], **kwargs)
+    optimizer.state[param].update(
+        {"step": torch.tensor(10.0, dtype=torch.float64)}
+        | {name: torch.tensor(value, dtype=torch.float64) for name, value in extra.items()}
+        | {name: value.clone() for name, value in zip(names, slots)}
+    )
+    optimizer.step()
+    return (param, *(optimizer.state[param][name] for name in names))
+
+
+@pytest.mark.parametrize("maximize", [False, True], ids=["minimize", "maximize"])
+@pytest.mark.parametrize("torch_cls", list(DIFFERENTIABLE), ids=lambda cls: cls.__name__)
+def test_differentiable_steps_match_torch_and_pass_gradcheck(torch_cls, maximize):
+    names, extra = DIFFERENTIABLE[torch_cls]
+    kwargs = dict(lr=0.9, weight_decay=0.1, maximize=maximize, differentiable=True)
+    g = torch.Generator().manual_seed(0)
+    inputs = [torch.rand(6, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2 + len(names))]
+    ours, theirs = PAIRS[torch_cls], torch_cls
+    assert torch.autograd.gradcheck(lambda *a: _differentiable_step(ours, kwargs, names, extra, *a), inputs)
+    for a, b in zip(_differentiable_step(ours, kwargs, names, extra, *inputs),
+                    _differentiable_step(theirs, kwargs, names, extra, *inputs), strict=True):
+        assert torch.equal(a, b)

@@ -5,7 +5,7 @@
 >>> optimizer = adamkit.Adam(model.parameters(), lr=0.1)
 """
 
-from adamkit.optimizers import SGD, Adagrad, Adam, Adamax, AdamW, RAdam, RMSprop, Yogi, warmup
+from adamkit.optimizers import SGD, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop, Yogi, warmup
 from adamkit.safety import CheckpointError, freeze, load_checkpoint, param_groups, save_checkpoint, unfreeze
 from adamkit.trace import trace
 
@@ -16,6 +16,7 @@ __all__ = [
     "AdamW",
     "Adamax",
     "CheckpointError",
+    "NAdam",
     "RAdam",
     "RMSprop",
     "Yogi",

@@ -77,7 +77,7 @@ PROBLEMS: dict[str, Problem] = {
             x_range=(-0.6, 0.6),
             y_range=(-0.4, 0.4),
             learning_rates={
-                "adam": 0.1, "adamw": 0.1, "amsgrad": 0.1, "yogi": 0.1, "adamax": 0.1, "radam": 0.1,
+                "adam": 0.1, "adamw": 0.1, "amsgrad": 0.1, "yogi": 0.1, "adamax": 0.1, "radam": 0.1, "nadam": 0.1,
                 "sgd": 0.1, "rmsprop": 0.02, "adagrad": 0.3,
             },
         ),
@@ -90,7 +90,7 @@ PROBLEMS: dict[str, Problem] = {
             x_range=(-5.5, 1.5),
             y_range=(-3.0, 2.0),
             learning_rates={
-                "adam": 0.3, "adamw": 0.3, "amsgrad": 0.3, "yogi": 0.3, "adamax": 0.3, "radam": 0.3,
+                "adam": 0.3, "adamw": 0.3, "amsgrad": 0.3, "yogi": 0.3, "adamax": 0.3, "radam": 0.3, "nadam": 0.3,
                 "sgd": 0.4, "rmsprop": 0.1, "adagrad": 1.5,
             },
         ),
@@ -103,7 +103,7 @@ PROBLEMS: dict[str, Problem] = {
             x_range=(-1.6, 1.6),
             y_range=(-0.6, 1.8),
             learning_rates={
-                "adam": 0.1, "adamw": 0.1, "amsgrad": 0.1, "yogi": 0.1, "adamax": 0.1, "radam": 0.002,
+                "adam": 0.1, "adamw": 0.1, "amsgrad": 0.1, "yogi": 0.1, "adamax": 0.1, "radam": 0.002, "nadam": 0.1,
                 "sgd": 0.002, "rmsprop": 0.02, "adagrad": 0.5,
             },
         ),
@@ -118,7 +118,7 @@ PROBLEMS: dict[str, Problem] = {
             x_range=(-1.0, 4.5),
             y_range=(-1.5, 2.0),
             learning_rates={
-                "adam": 0.05, "adamw": 0.05, "amsgrad": 0.05, "yogi": 0.05, "adamax": 0.05, "radam": 0.005,
+                "adam": 0.05, "adamw": 0.05, "amsgrad": 0.05, "yogi": 0.05, "adamax": 0.05, "radam": 0.005, "nadam": 0.05,
                 "sgd": 0.001, "rmsprop": 0.01, "adagrad": 0.5,
             },
         ),
@@ -131,7 +131,7 @@ PROBLEMS: dict[str, Problem] = {
             x_range=(-2.0, 2.0),
             y_range=(-1.5, 1.5),
             learning_rates={
-                "adam": 0.05, "adamw": 0.05, "amsgrad": 0.05, "yogi": 0.05, "adamax": 0.05, "radam": 0.05,
+                "adam": 0.05, "adamw": 0.05, "amsgrad": 0.05, "yogi": 0.05, "adamax": 0.05, "radam": 0.05, "nadam": 0.05,
                 "sgd": 0.1, "rmsprop": 0.01, "adagrad": 0.5,
             },
         ),

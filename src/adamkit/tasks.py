@@ -150,7 +150,7 @@ TASKS: dict[str, Task] = {
             evaluate_every=200,
             # d2l's choices where it has one: sgd 0.05, adagrad 0.1, adam 0.01.
             learning_rates={
-                "adam": 0.01, "adamw": 0.01, "amsgrad": 0.01, "yogi": 0.01, "adamax": 0.02, "radam": 0.01,
+                "adam": 0.01, "adamw": 0.01, "amsgrad": 0.01, "yogi": 0.01, "adamax": 0.02, "radam": 0.01, "nadam": 0.01,
                 "sgd": 0.05, "rmsprop": 0.01, "adagrad": 0.1,
             },
         ),
@@ -165,7 +165,7 @@ TASKS: dict[str, Task] = {
             batch_size=32,
             evaluate_every=320,
             learning_rates={
-                "adam": 0.003, "adamw": 0.003, "amsgrad": 0.003, "yogi": 0.003, "adamax": 0.006, "radam": 0.003,
+                "adam": 0.003, "adamw": 0.003, "amsgrad": 0.003, "yogi": 0.003, "adamax": 0.006, "radam": 0.003, "nadam": 0.003,
                 "sgd": 0.1, "rmsprop": 0.001, "adagrad": 0.03,
             },
         ),
@@ -180,7 +180,7 @@ TASKS: dict[str, Task] = {
             batch_size=16,
             evaluate_every=320,
             learning_rates={
-                "adam": 0.01, "adamw": 0.01, "amsgrad": 0.01, "yogi": 0.01, "adamax": 0.02, "radam": 0.01,
+                "adam": 0.01, "adamw": 0.01, "amsgrad": 0.01, "yogi": 0.01, "adamax": 0.02, "radam": 0.01, "nadam": 0.01,
                 "sgd": 0.3, "rmsprop": 0.001, "adagrad": 0.03,
             },
         ),

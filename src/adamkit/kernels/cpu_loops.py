@@ -104,6 +104,22 @@ def advance_steps(addresses, like, write):
 
 
 @njit(**_JIT)
+def read_numbers(addresses, like):
+    """The value of each 0-dim tensor at ``addresses`` (a rule's scalar state)."""
+    out = np.empty(addresses.shape[0], np.float64)
+    for k in range(addresses.shape[0]):
+        out[k] = pointer(addresses[k], like)[0]
+    return out
+
+
+@njit(**_JIT)
+def write_numbers(addresses, values, like):
+    """Store ``values`` (each exact in the tensors' dtype) into the 0-dim tensors at ``addresses``."""
+    for k in range(addresses.shape[0]):
+        pointer(addresses[k], like)[0] = values[k]
+
+
+@njit(**_JIT)
 def all_zero(addresses, numels, like):
     """Per tensor: every element is zero (and there is at least one). Most gradients
     stop at their first element, so this costs next to nothing."""

@@ -72,7 +72,8 @@ def eager_step(
 
     ``hp`` is the parameter group's hyperparameters. Each parameter's ``states[param]``
     is updated in place: its ``step`` (if the algorithm counts steps) is incremented
-    first, then the rule's results are copied into the existing state tensors, or
+    and its scalar state (``Rule.scalar_state``) stored once the step has been computed,
+    the rule's results are copied into the existing state tensors, or
     stored when a state entry does not exist yet (SGD's momentum buffer).
 
     With ``complex_as_real``, complex tensors are handed to the rule as real views,
@@ -95,14 +96,14 @@ def eager_step(
     # Differentiable mode: autograd keeps the rule's inputs for backward, so the rule
     # must get copies of what the write-back below overwrites.
     tracked = torch.is_grad_enabled()
-    formatted = spec is not None and spec.state_dtype is not None
     for position, param in enumerate(params):
         state = states.get(param, {})
         step_count = state.get("step")
         step = None
         if step_count is not None:  # the counter is advanced once the step has been computed
             step = step_count + 1 if step_as_tensor else (step_count + 1).item()
-        coefficients = rule.coefficients(hp, step, rule.slots[0] not in state, scalars)
+        scalar_state = {name: state[name] for name, _ in rule.scalar_state if name in state}
+        coefficients = rule.coefficients(hp, step, rule.slots[0] not in state, scalars, **scalar_state)
         store = _StateStore(state, param, spec, position, step)
 
         # A DTensor (FSDP2) steps as its local shard: every operation is elementwise, and
@@ -120,7 +121,7 @@ def eager_step(
             new_param, new_sum = sparse_update(local.to(compute), grad.to(compute), store.read(name), coefficients)
             local.copy_(new_param)
             store.write(name, 0, new_sum, state[name], 0)
-            store.advance(step_count, step)
+            store.advance(step_count, step, scalar_state, coefficients)
             continue
 
         present = [name for name in rule.slots if name in state]
@@ -171,7 +172,7 @@ def eager_step(
                 else:
                     store.create(name, slot, value, complex_as_real)
             offset += param_piece.numel()
-        store.advance(step_count, step)
+        store.advance(step_count, step, scalar_state, coefficients)
         if state and param not in states:
             states[param] = state
 
@@ -229,6 +230,9 @@ class _StateStore:
         self.state[name] = like_param(value, param)
 
     @staticmethod
-    def advance(step_count: Tensor | None, step) -> None:
+    def advance(step_count: Tensor | None, step, scalar_state: Mapping[str, Tensor], coefficients) -> None:
+        """Store the step's count and the rule's new scalar state (``Rule.scalar_state``)."""
         if step_count is not None:
             step_count.copy_(step) if torch.is_tensor(step) else step_count.fill_(step)
+        for name, value in scalar_state.items():
+            value.copy_(getattr(coefficients, name))

@@ -13,16 +13,16 @@ plan, is ``adamkit.kernels.fused``'s part.
 from __future__ import annotations
 
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from adamkit.kernels.compile_cache import loops_for
-from adamkit.kernels.fused import (
-    FusedKernel, FusedPlan, Launch, addresses_of, element_count, storage_dtype, work_items,
-)
+from adamkit.kernels.fused import FusedKernel, Launch
+from adamkit.kernels.plan import FusedPlan, addresses_of, element_count, storage_dtype, work_items
 from adamkit.kernels.scalar_ops import COMPUTE_TYPES, STORAGE_TYPES
 from adamkit.rules import EXACT, Rule, decay_coefficients
 from adamkit.state.formats import StateSpec
@@ -70,22 +70,17 @@ class FusedCpuKernel(FusedKernel):
             watched = loops.run("all_zero", (dtype,), grad_addresses, plan.elements, like)
         else:
             watched = np.zeros(len(params), np.bool_)
-        counts_steps = plan.step_addresses is not None
-        steps = advance_steps(rule, plan, write=False) if counts_steps else np.zeros(len(params))
-        keys = np.stack([steps, plan.fresh])
-        uniform = (keys == keys[:, :1]).all()
+        sets, advance = coefficient_sets(rule, plan, hp)
         slot_likes = [like if dtype is None else _like(dtype) for dtype in plan.slot_dtypes]
         slot_types = tuple(plan.slot_dtypes)
         passes = []  # (specialization, arguments, work items, their changed flags or None)
-        for step, fresh in (keys[:, :1] if uniform else np.unique(keys, axis=1)).T:
+        for step, chosen_params, coefficients in sets:
             noise = None
             if plan.rounds_stochastically(spec):
-                noise = (np.uint32(spec.seed & 0xFFFFFFFF), np.uint32(int(step if counts_steps else spec.rounds) & 0xFFFFFFFF))
-            c = _cast(rule.coefficients(hp, float(step) if counts_steps else None, bool(fresh), EXACT), compute)
-            # Parameters whose step counts differ (one added later) need their own coefficients.
-            same_key = (keys[0] == step) & (keys[1] == fresh)
+                noise = (np.uint32(spec.seed & 0xFFFFFFFF), np.uint32(int(spec.rounds if step is None else step) & 0xFFFFFFFF))
+            c = _cast(coefficients, compute)
             for watch in (False, True):
-                tensors = same_key & (watched == watch)
+                tensors = chosen_params & (watched == watch)
                 if not tensors.any():
                     continue
                 chosen = slice(None) if tensors.all() else np.flatnonzero(tensors[plan.items])
@@ -101,9 +96,7 @@ class FusedCpuKernel(FusedKernel):
                 passes.append((specialization, arguments, work))
 
         def launch() -> list[Tensor]:
-            if counts_steps:
-                advance_steps(rule, plan, write=True)
-            plan.fresh = np.zeros(len(params), np.bool_)
+            advance()
             moved = np.zeros(len(params), np.bool_)
             for specialization, arguments, (items, starts, ends, changed) in passes:
                 loops.run_over_items("fused_pass", specialization, arguments, items, starts, ends, changed)
@@ -113,11 +106,48 @@ class FusedCpuKernel(FusedKernel):
         return launch
 
 
-def advance_steps(rule: Rule, plan: FusedPlan, *, write: bool) -> np.ndarray:
-    """Each of ``plan``'s step counters (CPU tensors) plus 1, in its own dtype, as
-    ``step += 1`` computes it; with ``write``, stored in the counters too."""
+class CoefficientSet(NamedTuple):
+    """The coefficients of the plan's parameters that share a step count, freshness and
+    scalar state (in a normal run: all of them)."""
+
+    step: float | None  # the step they take (None: the rule counts none)
+    chosen: np.ndarray  # which of the plan's parameters, as a mask
+    coefficients: tuple
+
+
+def coefficient_sets(rule: Rule, plan: FusedPlan, hp: Mapping) -> tuple[list[CoefficientSet], Callable[[], None]]:
+    """This step's correctly rounded coefficients for ``plan``'s parameters, and the
+    function the launch calls to advance their step counters (CPU tensors, each ``+= 1``
+    in its own dtype) and store the rule's new scalar state; nothing is written before."""
     loops = loops_for(rule.name, rule.update)
-    return loops.run("advance_steps", (plan.step_dtype,), plan.step_addresses, _like(plan.step_dtype), write)
+    count = len(plan.params)
+    counts_steps = plan.step_addresses is not None
+    like = _like(plan.step_dtype) if counts_steps else None
+    numbers = (plan.step_dtype,)  # the specialization of the loops over step counters and scalar state
+    steps = loops.run("advance_steps", numbers, plan.step_addresses, like, False) if counts_steps else np.zeros(count)
+    values = {name: loops.run("read_numbers", numbers, addresses, like) for name, addresses in plan.scalar_addresses.items()}
+    # Compared by their bits, so that a NaN in the state is one key like any other value.
+    keys = np.stack([steps, plan.fresh, *values.values()]).astype(np.float64).view(np.int64)
+    uniform = (keys == keys[:, :1]).all()
+    new_values = {name: np.empty(count) for name in values}
+    sets = []
+    for key_bits in (keys[:, :1] if uniform else np.unique(keys, axis=1)).T:
+        chosen = np.ones(count, np.bool_) if uniform else (keys == key_bits[:, None]).all(axis=0)
+        step, fresh, *scalars = key_bits.view(np.float64)
+        state = {name: torch.tensor(value, dtype=plan.step_dtype) for name, value in zip(values, scalars)}
+        c = rule.coefficients(hp, float(step) if counts_steps else None, bool(fresh), EXACT, **state)
+        for name in values:
+            new_values[name][chosen] = float(getattr(c, name))
+        sets.append(CoefficientSet(float(step) if counts_steps else None, chosen, c))
+
+    def advance() -> None:
+        if counts_steps:
+            loops.run("advance_steps", numbers, plan.step_addresses, like, True)
+        for name, addresses in plan.scalar_addresses.items():
+            loops.run("write_numbers", numbers, addresses, new_values[name], like)
+        plan.fresh = np.zeros(count, np.bool_)
+
+    return sets, advance
 
 
 def readable(tensors: Sequence[Tensor]) -> list[bool]:

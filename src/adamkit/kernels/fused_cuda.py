@@ -31,8 +31,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from adamkit.kernels.fused import FusedKernel, FusedPlan, Launch, storage_dtype
-from adamkit.rules import EXACT, Rule, decay_coefficients
+from adamkit.kernels.fused import FusedKernel, Launch
+from adamkit.kernels.plan import FusedPlan, storage_dtype
+from adamkit.rules import Rule, decay_coefficients
 from adamkit.state.formats import CODE_VALUES, StateSpec
 
 # Devices where the pass failed to compile or load: (the error, as the warning named it).
@@ -204,7 +205,7 @@ class FusedCudaKernel(FusedKernel):
         *, decoupled_weight_decay: bool, report_moved: bool,
     ) -> Launch:
         from adamkit.kernels.compile_cache import triton_loops_for
-        from adamkit.kernels.fused_cpu import advance_steps
+        from adamkit.kernels.fused_cpu import coefficient_sets
 
         tables = plan.launch_data.get("tables")
         if tables is None:
@@ -213,21 +214,17 @@ class FusedCudaKernel(FusedKernel):
         dtype = storage_dtype(plan.dtype)
         compute = torch.float64 if dtype is torch.float64 else torch.float32
         decay = decay_coefficients(hp, decoupled=decoupled_weight_decay)
-        counts_steps = plan.step_addresses is not None
-        steps = advance_steps(rule, plan, write=False) if counts_steps else np.zeros(len(plan.params))
-        keys = np.stack([steps, plan.fresh])
-        uniform = (keys == keys[:, :1]).all()
+        sets, advance = coefficient_sets(rule, plan, hp)
         loops = triton_loops_for(rule)
         slot_types = [None if dtype is None else _triton_dtype(dtype) for dtype in plan.slot_dtypes]
         passes = []  # (coefficients, their count, block tables, the rounding's step)
-        for step, fresh in (keys[:, :1] if uniform else np.unique(keys, axis=1)).T:
-            c = rule.coefficients(hp, float(step) if counts_steps else None, bool(fresh), EXACT)
+        for step, chosen, c in sets:
             values = _upload(np.array([*map(float, c), *map(float, decay)]), plan.device, compute)
-            if uniform:
+            if len(sets) == 1:
                 block_tensor, block_start = tables.block_tensor, tables.block_start
             else:  # parameters whose step counts differ (one added later) need their own coefficients
-                block_tensor, block_start = tables.blocks_of(((keys[0] == step) & (keys[1] == fresh))[plan.items])
-            passes.append((values, len(c), block_tensor, block_start, int(step if counts_steps else spec.rounds)))
+                block_tensor, block_start = tables.blocks_of(chosen[plan.items])
+            passes.append((values, len(c), block_tensor, block_start, int(spec.rounds if step is None else step)))
         constants = dict(
             STORAGE=_triton_dtype(dtype), COMPUTE=_triton_dtype(compute),
             SLOT0=slot_types[0], SLOT1=slot_types[1], SLOT2=slot_types[2],
@@ -248,9 +245,7 @@ class FusedCudaKernel(FusedKernel):
 
         def launch() -> list[Tensor]:
             moved = self._moved_last_time(plan, tables)
-            if counts_steps:
-                advance_steps(rule, plan, write=True)
-            plan.fresh = np.zeros(len(plan.params), np.bool_)
+            advance()
             # Triton launches on the current device's current stream: the plan's device
             # must be current (parameters on cuda:1, or a model spread over GPUs).
             with _on_device(plan.device):

@@ -4,10 +4,11 @@ from adamkit.optimizers.adagrad import Adagrad
 from adamkit.optimizers.adam import Adam, AdamW
 from adamkit.optimizers.adamax import Adamax
 from adamkit.optimizers.base import RuleOptimizer
+from adamkit.optimizers.nadam import NAdam
 from adamkit.optimizers.radam import RAdam
 from adamkit.optimizers.dispatch import warmup
 from adamkit.optimizers.rmsprop import RMSprop
 from adamkit.optimizers.sgd import SGD
 from adamkit.optimizers.yogi import Yogi
 
-__all__ = ["Adagrad", "Adam", "AdamW", "Adamax", "RAdam", "RMSprop", "RuleOptimizer", "SGD", "Yogi", "warmup"]
+__all__ = ["Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "RuleOptimizer", "SGD", "Yogi", "warmup"]

@@ -173,6 +173,7 @@ class RuleOptimizer(Optimizer):
         return StateSpec(
             fills=self.state_fills(group),
             step_dtype=scalar_dtype(group.get("fused")) if self.counts_steps else None,
+            scalar_fills=dict(self.update_rule.scalar_state),
             state_dtype=group.get("state_dtype", self.state_dtype),
             min_elements=self.low_precision_min_elements,
             seed=self.state_seed,
@@ -228,26 +229,27 @@ class RuleOptimizer(Optimizer):
         fused = self.uses_fused_kernel(group)
         formatted = group.get("state_dtype", self.state_dtype) is not None
         batches: dict[tuple, list[Tensor]] = {}
+        numbers = checkpoint_format.per_tensor_numbers(self)
         for p in group["params"]:
             state = self.state.get(p)
             flat = fused and self.fused_takes(p)
             # Other state is torch's as loaded, unless it has a format to take.
             if state and (flat or formatted) and all(map(torch.is_tensor, state.values())):
                 step = state.get("step")
-                names = tuple(name for name in state if name != "step" and not name.endswith(SCALE_SUFFIX))
+                names = tuple(name for name in state if name not in numbers and not name.endswith(SCALE_SUFFIX))
                 key = (flat, p.dtype, names, None if step is None else step.dtype)
                 batches.setdefault(key, []).append(p)
-        storage = self.state_spec(group).storage_dtype
+        spec = self.state_spec(group)
         for (flat, _, names, step_dtype), params in batches.items():
             initial = [self.state[p] for p in params]
             formatted_state = allocate_flat_state(
-                params, dict.fromkeys(names, 0.0), step_dtype=step_dtype if flat else None, initial=initial,
-                storage=storage,
+                params, dict.fromkeys(names, 0.0), step_dtype=step_dtype if flat else None,
+                scalar_fills=spec.scalar_fills, initial=initial, storage=spec.storage_dtype,
             )
             for p, old, state in zip(params, initial, formatted_state):
                 if flat:
                     self.state[p] = state
-                else:  # the eager kernel's step counter stays where it is (on the device if capturable)
+                else:  # the eager kernel's step counter and scalar state stay where they are (on the device if capturable)
                     old.update(state)
 
     def _group_of(self, param: Tensor) -> dict[str, Any]:

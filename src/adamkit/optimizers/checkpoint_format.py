@@ -72,14 +72,15 @@ class CompactState:
 torch.serialization.add_safe_globals([CompactState])
 
 
-def _in_params_dtype(state: Mapping[str, Any], dtype: torch.dtype) -> dict[str, Any]:
-    """A parameter's state as torch keeps it: every state tensor in the parameter's dtype,
-    int8 codes decoded with their scales (which are left out)."""
+def _in_params_dtype(state: Mapping[str, Any], dtype: torch.dtype, numbers: frozenset[str]) -> dict[str, Any]:
+    """A parameter's state as torch keeps it: every state tensor but the per-tensor
+    ``numbers`` in the parameter's dtype, int8 codes decoded with their scales (which are
+    left out)."""
     plain = {}
     for name, value in state.items():
         if name.endswith(SCALE_SUFFIX):
             continue
-        if name == "step" or not torch.is_tensor(value):
+        if name in numbers or not torch.is_tensor(value):
             plain[name] = value
         elif value.dtype is torch.int8:
             values = dequantize(local_tensor(value), state[name + SCALE_SUFFIX]).to(dtype)
@@ -89,12 +90,13 @@ def _in_params_dtype(state: Mapping[str, Any], dtype: torch.dtype) -> dict[str, 
     return plain
 
 
-def _as_stored(state: Mapping[str, Any], dtype: torch.dtype) -> dict[str, Any]:
-    """A parameter's state as stored, marked where torch's form differs."""
+def _as_stored(state: Mapping[str, Any], dtype: torch.dtype, numbers: frozenset[str]) -> dict[str, Any]:
+    """A parameter's state as stored, marked where torch's form differs (per-tensor
+    ``numbers`` aside)."""
     stored = dict(state)
     formats = sorted({
         str(value.dtype).removeprefix("torch.") for name, value in state.items()
-        if torch.is_tensor(value) and name != "step" and not name.endswith(SCALE_SUFFIX) and value.dtype != dtype
+        if torch.is_tensor(value) and name not in numbers and not name.endswith(SCALE_SUFFIX) and value.dtype != dtype
     })
     if formats:
         stored[MARKER_KEY] = CompactState(",".join(formats))
@@ -105,13 +107,20 @@ def convert_state_dict(optimizer: RuleOptimizer, state_dict: dict[str, Any], com
     """torch's ``state_dict`` of ``optimizer`` in torch's format, or as stored."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     convert = _as_stored if compact else _in_params_dtype
+    numbers = per_tensor_numbers(optimizer)
     state_dict["state"] = {
-        index: convert(state, params[index].dtype) for index, state in state_dict["state"].items()
+        index: convert(state, params[index].dtype, numbers) for index, state in state_dict["state"].items()
     }
     if optimizer.formats_state():
         for group in state_dict["param_groups"]:
             group["rounds"] = optimizer.rounds
     return state_dict
+
+
+def per_tensor_numbers(optimizer: RuleOptimizer) -> frozenset[str]:
+    """The state entries that are one number per parameter (0-dim tensors): the step
+    counter and the rule's scalar state (NAdam's ``mu_product``)."""
+    return frozenset(("step", *(name for name, _ in optimizer.update_rule.scalar_state)))
 
 
 def params_by_key(optimizer: RuleOptimizer, state_dict: Mapping[str, Any]) -> dict[Any, Tensor]:
@@ -132,6 +141,7 @@ def check_loadable(optimizer: RuleOptimizer, state_dict: Mapping[str, Any]) -> N
     if len(state_dict.get("param_groups", [])) != len(optimizer.param_groups):
         return  # torch's own check names this
     params = params_by_key(optimizer, state_dict)
+    numbers = per_tensor_numbers(optimizer)
     for index, state in state_dict.get("state", {}).items():
         param = params.get(index)
         for key, value in state.items() if param is not None else ():
@@ -157,7 +167,7 @@ def check_loadable(optimizer: RuleOptimizer, state_dict: Mapping[str, Any]) -> N
                     f"{key + SCALE_SUFFIX!r}: its values cannot be known; load the state dict as saved by "
                     "state_dict(compact=True), or one saved by state_dict()"
                 )
-            elif torch.is_tensor(value) and key != "step" and value.shape != param.shape:
+            elif torch.is_tensor(value) and key not in numbers and value.shape != param.shape:
                 raise ValueError(
                     f"loaded state {key!r} of parameter {index} has shape {tuple(value.shape)}, but the "
                     f"parameter has shape {tuple(param.shape)}: this state dict belongs to other parameters "

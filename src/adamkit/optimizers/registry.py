@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch.optim import Optimizer
 
-from adamkit.optimizers import SGD, Adagrad, Adam, Adamax, AdamW, RAdam, RMSprop, Yogi
+from adamkit.optimizers import SGD, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop, Yogi
 
 _FACTORIES: dict[str, Callable[..., Optimizer]] = {
     "adam": Adam,
@@ -16,6 +16,7 @@ _FACTORIES: dict[str, Callable[..., Optimizer]] = {
     "yogi": Yogi,
     "adamax": Adamax,
     "radam": RAdam,
+    "nadam": NAdam,
     "sgd": SGD,
     "rmsprop": RMSprop,
     "adagrad": Adagrad,

@@ -35,8 +35,9 @@ def initial_state(param: Tensor, spec: StateSpec) -> dict[str, Tensor]:
 
 
 def new_state(optimizer: RuleOptimizer, param: Tensor, group: dict[str, Any]) -> dict[str, Tensor]:
-    """A parameter's whole first state, its ``step`` counter included (on the CPU, or on
-    the parameter's device when ``capturable`` or ``fused``, with torch's dtypes)."""
+    """A parameter's whole first state, its ``step`` counter and the rule's scalar state
+    included (on the CPU, or on the parameter's device when ``capturable`` or ``fused``,
+    with torch's dtypes)."""
     state: dict[str, Tensor] = {}
     if optimizer.counts_steps:
         if group.get("fused"):
@@ -47,11 +48,12 @@ def new_state(optimizer: RuleOptimizer, param: Tensor, group: dict[str, Any]) ->
                     f"but {param.dtype} and {param.device.type}"
                 )
         on_device = group.get("capturable") or group.get("fused")
-        state["step"] = (
-            torch.zeros((), dtype=scalar_dtype(group.get("fused")), device=param.device)
-            if on_device
-            else torch.tensor(0.0, dtype=scalar_dtype())
-        )
+        for name, fill in (("step", 0.0), *optimizer.update_rule.scalar_state):
+            state[name] = (
+                torch.full((), fill, dtype=scalar_dtype(group.get("fused")), device=param.device)
+                if on_device
+                else torch.tensor(fill, dtype=scalar_dtype())
+            )
     state.update(initial_state(param, optimizer.state_spec(group)))
     return state
 
@@ -68,7 +70,9 @@ def create_state_now(optimizer: RuleOptimizer, params: list[Tensor], group: dict
         spec = optimizer.state_spec(group)
         fills = {name: fill for name, fill in spec.fills.items() if fill is not None}
         for batch in batches.values():
-            made = allocate_flat_state(batch, fills, step_dtype=spec.step_dtype, storage=spec.storage_dtype)
+            made = allocate_flat_state(
+                batch, fills, step_dtype=spec.step_dtype, scalar_fills=spec.scalar_fills, storage=spec.storage_dtype
+            )
             created.update(zip(map(id, batch), made))
     for p in params:
         optimizer.state[p] = created.get(id(p)) or new_state(optimizer, p, group)

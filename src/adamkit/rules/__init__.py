@@ -13,6 +13,7 @@ for-loop implementation, so the eager kernel's results agree with it bit for bit
 from adamkit.rules.adagrad import adagrad
 from adamkit.rules.adam import adam, bias_corrections
 from adamkit.rules.adamax import adamax
+from adamkit.rules.nadam import nadam
 from adamkit.rules.radam import radam
 from adamkit.rules.rmsprop import rmsprop
 from adamkit.rules.rule import Rule, bind
@@ -34,6 +35,7 @@ __all__ = [
     "bind",
     "decay_coefficients",
     "maximize_and_weight_decay",
+    "nadam",
     "radam",
     "rmsprop",
     "sgd",

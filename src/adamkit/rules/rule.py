@@ -28,6 +28,12 @@ class Rule:
     (eager kernel only). ``decays_real_view``: torch's for-loop applies weight decay to a
     complex parameter's real view (RAdam, NAdam), not to the complex tensor (Adam),
     which rounds differently; the eager kernel follows it.
+
+    ``scalar_state`` names per-tensor numbers the rule keeps beside the step counter
+    (NAdam's ``mu_product``), with their initial values: 0-dim tensors in the state, as
+    ``step``. ``coefficients`` takes their current values as keyword arguments (0-dim
+    tensors, so that they round in their own dtype, as torch's in-place updates do) and
+    returns their new values in fields of the same names, which the kernels store.
     """
 
     name: str
@@ -36,6 +42,7 @@ class Rule:
     update: Callable
     sparse_update: Callable | None = None
     decays_real_view: bool = False
+    scalar_state: tuple[tuple[str, float], ...] = ()
 
 
 @lru_cache(maxsize=None)

@@ -13,6 +13,7 @@ once, so the default kernels' coefficients are the same everywhere.
 
 from __future__ import annotations
 
+import decimal
 import math
 import operator
 from collections.abc import Callable
@@ -89,15 +90,18 @@ _last_power: dict[float, tuple[int, int, int, int]] = {}
 
 @lru_cache(maxsize=4096)
 def correctly_rounded_power(base: float, exponent: float) -> float:
-    """``base ** exponent`` rounded once, for an integer ``exponent`` >= 0 (a step count).
+    """``base ** exponent`` rounded once.
 
-    The power is computed on integers carrying 128 bits with a bound on its error (see
-    ``_wide_power``); when the bound leaves the rounding in doubt, 256 bits decide, and
-    in the end exact rational arithmetic (only ever needed when the power is exact,
-    hence short). Any other exponent falls back to Python's ``**``.
+    For an integer ``exponent`` >= 0 (a step count) the power is computed on integers
+    carrying 128 bits with a bound on its error (see ``_wide_power``); when the bound
+    leaves the rounding in doubt, 256 bits decide, and in the end exact rational
+    arithmetic (only ever needed when the power is exact, hence short). Other exponents
+    (NAdam's ``0.96 ** (step * momentum_decay)``) go through ``_decimal_power``.
     """
-    if exponent != int(exponent) or exponent < 0 or not math.isfinite(base):
+    if not (math.isfinite(base) and math.isfinite(exponent)):
         return base**exponent
+    if exponent != int(exponent) or exponent < 0:
+        return _decimal_power(base, exponent)
     n = int(exponent)
     if n <= 1 or base == 0:
         return base**n
@@ -116,6 +120,28 @@ def correctly_rounded_power(base: float, exponent: float) -> float:
     if rounded is None:
         return float(Fraction(base) ** n)
     return -rounded if negative else rounded
+
+
+def _decimal_power(base: float, exponent: float) -> float:
+    """``base ** exponent`` for a real exponent, rounded once: computed in decimal with
+    40 and then 80 significant digits (each almost always correctly rounded, so within
+    a unit of their last digit), until the result is far enough from the midpoint of two
+    doubles that converting it cannot round the wrong way. Negative bases, zero and
+    results outside the doubles' normal range are left to Python's ``**``."""
+    if base <= 0 or not 0 < abs(exponent) < 1e6:
+        return base**exponent
+    for digits in (40, 80):
+        with decimal.localcontext(decimal.Context(prec=digits, Emax=10**6, Emin=-(10**6))):
+            value = decimal.Decimal(base) ** decimal.Decimal(exponent)
+            rounded = float(value)
+            if not 2.2250738585072014e-308 <= rounded < math.inf:
+                return base**exponent
+            midpoint = decimal.Decimal(rounded) + (decimal.Decimal(math.nextafter(rounded, math.inf)) - decimal.Decimal(rounded)) / 2
+            below = decimal.Decimal(rounded) - (decimal.Decimal(rounded) - decimal.Decimal(math.nextafter(rounded, 0))) / 2
+            margin = value.copy_abs() * decimal.Decimal(10) ** (2 - digits)
+            if abs(value - midpoint) > margin and abs(value - below) > margin:
+                return rounded
+    raise ArithmeticError(f"cannot round {base!r} ** {exponent!r} once")  # a power of a double this close to a midpoint is not known
 
 
 TORCH = ScalarMath(operator.pow, _python_sqrt)

@@ -264,7 +264,8 @@ def _check_optimizer(path: Path, model: nn.Module, optimizer: Optimizer, saved: 
     for index, state in saved["state"].items():
         param, name = params_by_index[index]
         for key, value in state.items():
-            if torch.is_tensor(value) and key != "step" and value.shape != param.shape:
+            # 0-dim entries are per-tensor numbers (step, NAdam's mu_product, ASGD's eta and mu)
+            if torch.is_tensor(value) and value.dim() != 0 and value.shape != param.shape:
                 raise CheckpointError(
                     f"{path}: optimizer state {key!r} of {name} has shape {tuple(value.shape)} "
                     f"but the parameter has shape {tuple(param.shape)}"

@@ -93,6 +93,7 @@ def allocate_flat_state(
     fills: Mapping[str, float],
     *,
     step_dtype: torch.dtype | None,
+    scalar_fills: Mapping[str, float] | None = None,
     initial: Sequence[Mapping[str, Tensor]] | None = None,
     storage: Callable[[Tensor], torch.dtype] | None = None,
 ) -> list[dict[str, Tensor]]:
@@ -105,7 +106,8 @@ def allocate_flat_state(
     in its stored form, codes and ``.scale``, is copied as it is). ``storage`` gives
     each parameter's state dtype (default: the parameter's own); int8 state gets its
     block scales under ``<name>.scale``. With ``step_dtype``, each parameter also gets a 0-dim ``step``
-    view into one buffer of step counts, as torch's 0-dim ``step`` tensors. State
+    view into one buffer of step counts, as torch's 0-dim ``step`` tensors, and one
+    for each of ``scalar_fills`` (a rule's scalar state: name and initial value). State
     tensors have the parameter's shape and, for a dense parameter, its strides
     (DTensors for DTensor parameters); each parameter's dict is a ``TrackedState``.
 
@@ -117,11 +119,12 @@ def allocate_flat_state(
     locals_ = [local_tensor(p) for p in params]
     states: list[dict[str, Tensor]] = [TrackedState() for _ in params]
     if step_dtype is not None:
-        steps = torch.zeros(len(params), dtype=step_dtype)
-        for index, state in enumerate(states):
-            if initial is not None and "step" in initial[index]:
-                steps[index] = initial[index]["step"]
-            state["step"] = steps[index]
+        for name, fill in {"step": 0.0, **(scalar_fills or {})}.items():
+            numbers = torch.full((len(params),), fill, dtype=step_dtype)
+            for index, state in enumerate(states):
+                if initial is not None and name in initial[index]:
+                    numbers[index] = initial[index][name]
+                state[name] = numbers[index]
     batches: dict[tuple, list[int]] = {}
     for index, local in enumerate(locals_):
         # The whole parameter chooses the format, so every rank stores its shard alike.

@@ -136,7 +136,8 @@ def check_state_dtype(state_dtype) -> None:
 class StateSpec:
     """What a parameter group's state is: the tensors a rule keeps, with their initial
     values (None: the rule makes it on its first step), the step counter's dtype (None:
-    no counter), and the storage format with its rounding seed."""
+    no counter), the rule's scalar state with its initial values (0-dim tensors of the
+    counter's dtype, never formatted), and the storage format with its rounding seed."""
 
     fills: Mapping[str, float | None]
     step_dtype: torch.dtype | None
@@ -145,6 +146,7 @@ class StateSpec:
     seed: int = 0
     tensor_ids: Mapping[int, int] = field(default_factory=dict)  # id(param) -> its index in the optimizer
     rounds: int = 0  # steps the optimizer has taken: the rounding's step for rules that count none
+    scalar_fills: Mapping[str, float] = field(default_factory=dict)  # the rule's scalar state (Rule.scalar_state)
 
     def storage_dtype(self, param: Tensor) -> torch.dtype:
         """The dtype ``param``'s state tensors are stored in."""
