@@ -335,6 +335,28 @@ def test_bench_json_has_every_implementation_and_shape_with_consistent_figures(c
             assert 0 < r["checks_ms"] < r["ms"] * 10  # measured apart from the steps: noisy, but of their order
 
 
+@pytest.mark.parametrize("optimizer", ["nadam", "adamw"])
+def test_bench_times_another_algorithm_against_torchs_own(capsys, monkeypatch, optimizer):
+    from adamkit import benchmark
+
+    built = []
+    for name, make in list(benchmark.IMPLEMENTATIONS.items()):
+        monkeypatch.setitem(benchmark.IMPLEMENTATIONS, name,
+                            lambda *args, make=make: built.append(type(made := make(*args))) or made)
+    main(["bench", "--optimizer", optimizer, "--sizes", "2x100", "--repeats", "1", "--warmup", "1", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    names = {r["implementation"] for r in report["results"]}
+    fused = {"torch fused"} if optimizer == "adamw" else set()  # torch has no fused NAdam: left out
+    assert report["optimizer"] == optimizer and names == {"adamkit", "torch for-loop", "torch foreach"} | fused
+    ours, theirs = benchmark.ALGORITHMS[optimizer]
+    assert set(built) == {ours, theirs}
+
+
+def test_bench_refuses_an_implementation_the_algorithm_lacks(capsys):
+    message = usage_error(capsys, "bench", "--optimizer", "radam", "--implementations", "adamkit", "torch fused")
+    assert "'torch fused' has no radam" in message
+
+
 def test_bench_table_shows_speedups_against_adamkit(capsys):
     main(["bench", "--sizes", "2x100", "--repeats", "1", "--warmup", "1", "--implementations", "adamkit", "torch fused"])
     lines = capsys.readouterr().out.splitlines()

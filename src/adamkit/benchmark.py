@@ -1,11 +1,12 @@
-"""Step-time benchmarks of adamkit's Adam against torch.optim.Adam on the same tensors.
+"""Step-time benchmarks of an adamkit optimizer against its torch.optim counterpart on the
+same tensors (Adam by default; ``ALGORITHMS`` lists the others).
 
 A figure is the median of repeated steps after warm-up; every ratio compares two
 optimizers timed in the same run, taking turns. On the CPU each step is timed alone;
 on a GPU a round of ``repeats`` steps runs back to back (steady state: the host queues
 work while the device runs it) between two CUDA events. The limit is the machine's
-measured stream bandwidth for the bytes an Adam step must move (param, grad, m, v
-read; param, m, v written: 7 elements per parameter).
+measured stream bandwidth for the bytes a step must move (param, grad and two state
+tensors read; param and state written: 7 elements per parameter, for each algorithm here).
 
     >>> shape = parse_shape("3x1000")
     >>> shape.tensors, shape.elements, shape.label
@@ -32,26 +33,47 @@ import adamkit
 ELEMENTS_MOVED_PER_PARAM = 7
 DEFAULT_SHAPES = ("4x4194304", "4x16777216", "2000x4096")
 DEFAULT_IMPLEMENTATIONS = ("adamkit", "torch for-loop", "torch foreach", "torch fused")
-IMPLEMENTATIONS: dict[str, Callable] = {
-    "adamkit": lambda params: adamkit.Adam(params, lr=1e-3),
-    "adamkit fp32 state": lambda params: adamkit.Adam(params, lr=1e-3, state_dtype="fp32"),
-    "adamkit bf16 state": lambda params: adamkit.Adam(params, lr=1e-3, state_dtype="bf16"),
-    "adamkit int8 state": lambda params: adamkit.Adam(params, lr=1e-3, state_dtype="int8"),
-    "torch for-loop": lambda params: torch.optim.Adam(params, lr=1e-3, foreach=False),
-    "torch foreach": lambda params: torch.optim.Adam(params, lr=1e-3, foreach=True),
-    "torch fused": lambda params: torch.optim.Adam(params, lr=1e-3, fused=True),
+# The algorithms timed: adamkit's class and torch's, each keeping two state tensors per parameter.
+ALGORITHMS: dict[str, tuple[type, type]] = {
+    "adam": (adamkit.Adam, torch.optim.Adam),
+    "adamw": (adamkit.AdamW, torch.optim.AdamW),
+    "adamax": (adamkit.Adamax, torch.optim.Adamax),
+    "nadam": (adamkit.NAdam, torch.optim.NAdam),
+    "radam": (adamkit.RAdam, torch.optim.RAdam),
 }
+# name -> (params, adamkit's class, torch's class) -> optimizer
+IMPLEMENTATIONS: dict[str, Callable] = {
+    "adamkit": lambda params, ours, theirs: ours(params, lr=1e-3),
+    "adamkit fp32 state": lambda params, ours, theirs: ours(params, lr=1e-3, state_dtype="fp32"),
+    "adamkit bf16 state": lambda params, ours, theirs: ours(params, lr=1e-3, state_dtype="bf16"),
+    "adamkit int8 state": lambda params, ours, theirs: ours(params, lr=1e-3, state_dtype="int8"),
+    "torch for-loop": lambda params, ours, theirs: theirs(params, lr=1e-3, foreach=False),
+    "torch foreach": lambda params, ours, theirs: theirs(params, lr=1e-3, foreach=True),
+    "torch fused": lambda params, ours, theirs: theirs(params, lr=1e-3, fused=True),
+}
+
+
+def available(implementation: str, algorithm: str) -> bool:
+    """Whether ``implementation`` exists for ``algorithm``: torch has fused kernels for
+    Adam and AdamW only, the 8-bit peers implement Adam.
+
+    >>> available("torch fused", "nadam"), available("torch foreach", "nadam")
+    (False, True)
+    """
+    if implementation in PEER_IMPLEMENTATIONS:
+        return algorithm == "adam"
+    return implementation != "torch fused" or algorithm in ("adam", "adamw")
 
 STATE_DTYPE_IMPLEMENTATIONS = {name: f"adamkit {name} state" for name in ("fp32", "bf16", "int8")}
 
 
-def _torchao_adamw8bit(params):
+def _torchao_adamw8bit(params, ours, theirs):
     from torchao.optim import AdamW8bit
 
     return AdamW8bit(params, lr=1e-3, weight_decay=0.0)  # Adam's arithmetic: no decay
 
 
-def _bitsandbytes_adam8bit(params):
+def _bitsandbytes_adam8bit(params, ours, theirs):
     import bitsandbytes
 
     return bitsandbytes.optim.Adam8bit(params, lr=1e-3)
@@ -127,7 +149,8 @@ GPU_ROUNDS = 5
 
 
 def time_steps(
-    names: list[str], shape: Shape, dtype: torch.dtype, repeats: int, warmup: int, device: str = "cpu"
+    names: list[str], shape: Shape, dtype: torch.dtype, repeats: int, warmup: int, device: str = "cpu",
+    algorithm: str = "adam",
 ) -> dict[str, float]:
     """Median ms of one ``step()`` per implementation, each on its own copy of ``shape``;
     for adamkit also of its per-step checks alone (``"adamkit checks"``).
@@ -136,7 +159,8 @@ def time_steps(
     bandwidth drifts by 10-20% over minutes) falls on all of them alike: step by step
     on the CPU, round by round (``GPU_ROUNDS`` of ``repeats`` steps) on a GPU.
     """
-    optimizers = {name: IMPLEMENTATIONS[name](make_params(shape, dtype, device)) for name in names}
+    classes = ALGORITHMS[algorithm]
+    optimizers = {name: IMPLEMENTATIONS[name](make_params(shape, dtype, device), *classes) for name in names}
     times: dict[str, list[float]] = {name: [] for name in names}
     if device == "cpu":
         for index in range(warmup + repeats):
@@ -227,12 +251,12 @@ class Result:
 
 def run(
     shapes: list[Shape], dtype: torch.dtype, implementations: list[str], repeats: int, warmup: int,
-    device: str = "cpu",
+    device: str = "cpu", algorithm: str = "adam",
 ) -> list[Result]:
     element_size = torch.finfo(dtype).bits // 8
     results = []
     for shape in shapes:
-        times = time_steps(implementations, shape, dtype, repeats, warmup, device)
+        times = time_steps(implementations, shape, dtype, repeats, warmup, device, algorithm)
         checks = times.pop("adamkit checks", None)
         for name, ms in times.items():
             # param, grad read and param written; m and v read and written

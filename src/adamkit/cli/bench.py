@@ -1,4 +1,4 @@
-"""``adamkit bench``: ms per Adam step and effective GB/s, adamkit against torch.optim."""
+"""``adamkit bench``: ms per optimizer step and effective GB/s, adamkit against torch.optim."""
 
 import argparse
 import json
@@ -17,11 +17,14 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "bench",
-        help="time one Adam step: adamkit against torch's for-loop, foreach and fused",
+        help="time one optimizer step: adamkit against torch's for-loop, foreach and fused",
         description=__doc__,
     )
     parser.add_argument("--sizes", nargs="+", default=list(benchmark.DEFAULT_SHAPES), metavar="NxM",
                         help="shapes to time, N tensors of M elements (default: %(default)s)")
+    parser.add_argument("--optimizer", choices=list(benchmark.ALGORITHMS), default="adam",
+                        help="the algorithm to time, adamkit's against torch.optim's (default: %(default)s; "
+                        "torch has fused kernels for adam and adamw only)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N for a GPU")
     parser.add_argument("--threads", type=positive_int, default=None,
@@ -53,19 +56,23 @@ def run(args: argparse.Namespace) -> None:
     implementations = list(dict.fromkeys(
         args.implementations + [benchmark.STATE_DTYPE_IMPLEMENTATIONS[name] for name in args.state_dtype]
     ))
+    unavailable = [name for name in implementations if not benchmark.available(name, args.optimizer)]
+    if unavailable and args.implementations != list(benchmark.DEFAULT_IMPLEMENTATIONS):
+        raise CommandError(f"{', '.join(map(repr, unavailable))} has no {args.optimizer}; leave it out")
+    implementations = [name for name in implementations if name not in unavailable]
     missing = benchmark.missing_packages(implementations)
     if missing:
         raise CommandError(f"timing {', '.join(n for n in implementations if n in benchmark.PEER_IMPLEMENTATIONS)} "
                            f"needs {', '.join(missing)}, not installed here; pip install {' '.join(missing)}, or leave it out")
     dtype = DTYPES[args.dtype]
     bandwidth = benchmark.stream_bandwidth(max(s.params for s in shapes), device=args.device)
-    results = benchmark.run(shapes, dtype, implementations, args.repeats, args.warmup, args.device)
+    results = benchmark.run(shapes, dtype, implementations, args.repeats, args.warmup, args.device, args.optimizer)
     machine = benchmark.machine(args.device)
     if args.json:
-        print(json.dumps({"machine": machine, "device": args.device, "stream_gb_per_s": bandwidth,
+        print(json.dumps({"machine": machine, "device": args.device, "optimizer": args.optimizer, "stream_gb_per_s": bandwidth,
                           "results": [asdict(r) for r in results]}, indent=2))
         return
-    print(f"machine: {machine}")
+    print(f"machine: {machine}; optimizer: {args.optimizer}")
     limit = "device-to-device copy" if args.device != "cpu" else "7 fp32 arrays per parameter"
     print(f"limit: stream bandwidth {bandwidth:.1f} GB/s ({limit})")
     width = max(len("implementation"), *(len(r.implementation) for r in results))

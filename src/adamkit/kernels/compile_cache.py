@@ -266,6 +266,15 @@ class CompiledLoops:
 _loops: dict[Callable, CompiledLoops] = {}
 
 
+def helper_loops() -> CompiledLoops:
+    """The template's loops that no rule enters (gradient checks, step counters, scalar
+    state), from one copy for every rule: their compiles do not grow with the family.
+    That copy is Adam's, which any run of the suite compiles anyway."""
+    from adamkit.rules import adam
+
+    return loops_for(adam.name, adam.update)
+
+
 def loops_for(rule_name: str, update: Callable) -> CompiledLoops:
     """The compiled loops for the rule with this name and update function."""
     loops = _loops.get(update)

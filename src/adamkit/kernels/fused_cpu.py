@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from adamkit.kernels.compile_cache import loops_for
+from adamkit.kernels.compile_cache import helper_loops, loops_for
 from adamkit.kernels.fused import FusedKernel, Launch
 from adamkit.kernels.plan import FusedPlan, addresses_of, element_count, storage_dtype, work_items
 from adamkit.kernels.scalar_ops import COMPUTE_TYPES, STORAGE_TYPES
@@ -67,7 +67,7 @@ class FusedCpuKernel(FusedKernel):
         compute = COMPUTE_TYPES[dtype]
         decay = _cast(decay_coefficients(hp, decoupled=decoupled_weight_decay), compute)
         if report_moved:
-            watched = loops.run("all_zero", (dtype,), grad_addresses, plan.elements, like)
+            watched = helper_loops().run("all_zero", (dtype,), grad_addresses, plan.elements, like)
         else:
             watched = np.zeros(len(params), np.bool_)
         sets, advance = coefficient_sets(rule, plan, hp)
@@ -119,7 +119,7 @@ def coefficient_sets(rule: Rule, plan: FusedPlan, hp: Mapping) -> tuple[list[Coe
     """This step's correctly rounded coefficients for ``plan``'s parameters, and the
     function the launch calls to advance their step counters (CPU tensors, each ``+= 1``
     in its own dtype) and store the rule's new scalar state; nothing is written before."""
-    loops = loops_for(rule.name, rule.update)
+    loops = helper_loops()
     count = len(plan.params)
     counts_steps = plan.step_addresses is not None
     like = _like(plan.step_dtype) if counts_steps else None
@@ -162,10 +162,10 @@ def readable(tensors: Sequence[Tensor]) -> list[bool]:
     return [FusedCpuKernel.supports(t) and is_dense(t) for t in locals_]
 
 
-def any_nonzero(rule: Rule, tensors: Sequence[Tensor]) -> list[bool]:
+def any_nonzero(tensors: Sequence[Tensor]) -> list[bool]:
     """Per tensor (all ``readable``): whether an element is nonzero, NaN included; each
     is read up to its first nonzero element. An empty tensor has none."""
-    loops = loops_for(rule.name, rule.update)
+    loops = helper_loops()
     locals_ = list(map(local_tensor, tensors))
     nonzero = [False] * len(locals_)
     by_dtype: dict[torch.dtype, list[int]] = {}
@@ -181,9 +181,9 @@ def any_nonzero(rule: Rule, tensors: Sequence[Tensor]) -> list[bool]:
     return nonzero
 
 
-def all_finite(rule: Rule, grads: Sequence[Tensor]) -> bool:
+def all_finite(grads: Sequence[Tensor]) -> bool:
     """Whether every element of ``grads`` (all ``readable``) is finite."""
-    loops = loops_for(rule.name, rule.update)
+    loops = helper_loops()
     by_dtype: dict[torch.dtype, list[Tensor]] = {}
     for grad in map(local_tensor, grads):
         by_dtype.setdefault(storage_dtype(grad.dtype), []).append(grad)

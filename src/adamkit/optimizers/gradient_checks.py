@@ -73,18 +73,17 @@ def grads_finite(optimizer: RuleOptimizer) -> bool:
     flags = fused_cpu.readable(grads)
     other = [p for p, readable in zip(params, flags) if not readable]
     readable = [g for g, flag in zip(grads, flags) if flag]
-    return fused_cpu.all_finite(type(optimizer).update_rule, readable) and all(
+    return fused_cpu.all_finite(readable) and all(
         math.isfinite(low) and math.isfinite(high) for low, high in grad_extremes(other).values()
     )
 
 
-def grads_nonzero(optimizer: RuleOptimizer, params: list[Tensor]) -> list[bool]:
+def grads_nonzero(params: list[Tensor]) -> list[bool]:
     """Per parameter: its gradient (this rank's shard of it) has a nonzero element; the
     fused kernel's read where it applies, else one ``aminmax``."""
     grads = list(map(_grad_of, params))
     flags = fused_cpu.readable(grads)
-    rule = type(optimizer).update_rule
-    read = iter(fused_cpu.any_nonzero(rule, [g for g, flag in zip(grads, flags) if flag]))
+    read = iter(fused_cpu.any_nonzero([g for g, flag in zip(grads, flags) if flag]))
     extremes = grad_extremes([p for p, flag in zip(params, flags) if not flag])
     return [next(read) if flag else extremes.get(p, (0.0, 0.0)) != (0.0, 0.0) for p, flag in zip(params, flags)]
 
@@ -106,7 +105,7 @@ def agreed_checks(optimizer: RuleOptimizer, overflowed: bool, scaled: bool) -> G
         return GradientChecks(overflowed, finite, frozenset(sharded), [], [])
     stepping = [p.grad is not None and p not in optimizer.frozen for p in watched]
     stepped = [p for p, steps in zip(watched, stepping) if steps]
-    nonzero_of = dict(zip(stepped, grads_nonzero(optimizer, stepped)))
+    nonzero_of = dict(zip(stepped, grads_nonzero(stepped)))
     nonzero = [nonzero_of.get(p, False) for p in watched]
     moved = [p in optimizer._moved_shards for p in watched]
     flags = on_any_rank([overflowed, not finite, *nonzero, *moved], group)
