@@ -47,9 +47,14 @@ def _case_id(case):
     return torch_cls.__name__ + "-" + "-".join(f"{k}={v}" for k, v in flags.items())
 
 
+# Each flag set runs real with a float lr and complex with a tensor lr; the other two
+# pairings with -m slow (torch's own configurations cover them in test_torch_optimizer_info.py).
+PAIRINGS = [pytest.param(c, t, marks=() if c == t else pytest.mark.slow, id=f"complex={c}-tensor_lr={t}")
+            for c in (False, True) for t in (False, True)]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("complex_", [False, True])
-@pytest.mark.parametrize("tensor_lr", [False, True])
+@pytest.mark.parametrize("complex_,tensor_lr", PAIRINGS)
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
 def test_matches_torch_bitwise(case, dtype, complex_, tensor_lr):
     torch_cls, adamkit_cls, flags = case

@@ -42,7 +42,9 @@ def _error_inputs():
                 yield pytest.param(torch_cls, error, id=f"{torch_cls.__name__}-{dtype}-{position}")
 
 
-@pytest.mark.parametrize("kernel", list(KERNELS))
+# The default kernel is checked against the eager kernel's exact mode everywhere else
+# (test_fused_cpu.py): against torch here only with -m slow.
+@pytest.mark.parametrize("kernel", [pytest.param(k, marks=pytest.mark.slow) if k == "default" else k for k in KERNELS])
 @pytest.mark.parametrize("complex_", [False, True], ids=["real", "complex"])
 @pytest.mark.parametrize("torch_cls,kwargs", list(_inputs()))
 def test_torchs_configurations_step_as_torch(torch_cls, kwargs, complex_, kernel):
