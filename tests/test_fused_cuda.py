@@ -343,13 +343,12 @@ def test_first_steps_compile_once_as_triton_launches_them():
     _assert_correctly_rounded(instructions)
 
 
-def _assert_correctly_rounded(found: list[str], width: str = "f32", divides: bool = True) -> None:
+def _assert_correctly_rounded(found: list[str], width: str = "f32", required=("div", "sqrt", "fma")) -> None:
     """Floating point in PTX is IEEE: round-to-nearest adds, multiplies, divisions, square
     roots and fused multiply-adds, no approximations, no flushing of subnormals (ptxas
     may not contract instructions that carry a rounding mode)."""
     assert found and all(re.fullmatch(rf"(add|sub|mul|div|sqrt|fma)\.rn\.{width}", i) for i in found), found
-    if divides:
-        assert {f"div.rn.{width}", f"sqrt.rn.{width}", f"fma.rn.{width}"} <= set(found), found
+    assert {f"{operation}.rn.{width}" for operation in required} <= set(found), found
 
 
 @pytest.mark.slow
@@ -365,9 +364,11 @@ def test_pass_compiles_for_an_h100_with_correctly_rounded_operations_only():
     import json
 
     instructions = json.loads(completed.stdout.splitlines()[-1])
-    assert len(instructions) == 5 * 6
+    assert len(instructions) == 8 * 6
+    # SGD computes no division, square root or lerp; Adamax no square root.
+    required = {"sgd": (), "adamax": ("div", "fma")}
     for name, found in instructions.items():
-        _assert_correctly_rounded(found, "f64" if "fp64" in name else "f32", divides=not name.startswith("sgd"))
+        _assert_correctly_rounded(found, "f64" if "fp64" in name else "f32", required.get(name.split("-")[0], ("div", "sqrt", "fma")))
 
 
 @pytest.mark.skipif(not GPU, reason="needs a CUDA GPU")
