@@ -8,7 +8,7 @@ from torch import Tensor
 
 from adamkit import rules
 from adamkit.optimizers.base import RuleOptimizer
-from adamkit.optimizers.hyperparameters import check_betas, check_non_negative, check_tensor_lr, squeeze_scalar
+from adamkit.optimizers.hyperparameters import check_adam_hyperparameters, squeeze_scalar
 from adamkit.state.formats import MIN_ELEMENTS
 
 if TYPE_CHECKING:
@@ -68,11 +68,7 @@ class Adam(RuleOptimizer):
         low_precision_min_elements: int = MIN_ELEMENTS,
         process_group: ProcessGroup | None = None,
     ) -> None:
-        check_tensor_lr(lr, foreach=foreach, capturable=capturable)
-        check_non_negative("learning rate", lr)
-        check_non_negative("epsilon value", eps)
-        check_betas(betas, foreach=foreach, capturable=capturable)
-        check_non_negative("weight_decay value", weight_decay)
+        check_adam_hyperparameters(lr, eps, betas, weight_decay, foreach=foreach, capturable=capturable)
         defaults = {
             "lr": lr,
             "betas": tuple(map(squeeze_scalar, betas)),

@@ -64,6 +64,24 @@ def check_betas(betas: tuple[float | Tensor, float | Tensor], *, foreach: bool |
                 raise ValueError(f"Tensor betas[{index}] must be 1-element")
 
 
+def check_adam_hyperparameters(
+    lr: float | Tensor, eps: float, betas: tuple, weight_decay: float, *, foreach: bool | None, capturable: bool
+) -> None:
+    """The checks torch's Adam, AdamW, Adamax, NAdam and RAdam make, in their order and
+    with their messages (``foreach``: None where torch does not check it).
+
+    >>> check_adam_hyperparameters(1e-3, 1e-8, (0.9, 1.0), 0.0, foreach=None, capturable=False)
+    Traceback (most recent call last):
+    ...
+    ValueError: Invalid beta parameter at index 1: 1.0
+    """
+    check_tensor_lr(lr, foreach=foreach, capturable=capturable)
+    check_non_negative("learning rate", lr)
+    check_non_negative("epsilon value", eps)
+    check_betas(betas, foreach=foreach, capturable=capturable)
+    check_non_negative("weight_decay value", weight_decay)
+
+
 def _is_integer(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from adamkit import rules
 from adamkit.optimizers.base import RuleOptimizer
-from adamkit.optimizers.hyperparameters import check_betas, check_non_negative, check_tensor_lr
+from adamkit.optimizers.hyperparameters import check_adam_hyperparameters, check_non_negative
 from adamkit.state.formats import MIN_ELEMENTS
 
 if TYPE_CHECKING:
@@ -61,11 +61,7 @@ class NAdam(RuleOptimizer):
         low_precision_min_elements: int = MIN_ELEMENTS,
         process_group: ProcessGroup | None = None,
     ) -> None:
-        check_tensor_lr(lr, foreach=None, capturable=capturable)
-        check_non_negative("learning rate", lr)
-        check_non_negative("epsilon value", eps)
-        check_betas(betas, foreach=None, capturable=capturable)
-        check_non_negative("weight_decay value", weight_decay)
+        check_adam_hyperparameters(lr, eps, betas, weight_decay, foreach=None, capturable=capturable)
         check_non_negative("momentum_decay value", momentum_decay)
         defaults = {
             "lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "momentum_decay": momentum_decay,
