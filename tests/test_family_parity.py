@@ -1,50 +1,23 @@
-"""adamkit.SGD / RMSprop / Adagrad / Adamax / RAdam / NAdam against torch.optim, bit for bit on CPU, whole flag matrices."""
+"""adamkit's torch.optim drop-ins (tests/algorithms.py; Adam in test_adam_parity.py) against torch.optim,
+bit for bit on CPU, whole flag matrices."""
 
 import copy
 import functools
-import itertools
 
 import pytest
 import torch
 
 import adamkit
+from algorithms import ALGORITHMS, WITH_TORCH, case_id
 from parity import EAGER, KERNELS, assert_bitwise_equal, assert_matches, make_params, run_side_by_side
 
-
-def _matrix(**axes):
-    names = list(axes)
-    return [dict(zip(names, values)) for values in itertools.product(*axes.values())]
-
-
-SGD_FLAGS = [
-    f for f in _matrix(momentum=[0.0, 0.9], dampening=[0.0, 0.3], nesterov=[False, True],
-                       weight_decay=[0.0, 0.1], maximize=[False, True])
-    if not (f["nesterov"] and (f["momentum"] <= 0 or f["dampening"] != 0))
-]
-RMSPROP_FLAGS = _matrix(momentum=[0.0, 0.9], centered=[False, True], weight_decay=[0.0, 0.1],
-                        maximize=[False, True], alpha=[0.99, 0.5])
-ADAGRAD_FLAGS = _matrix(lr_decay=[0.0, 0.01], weight_decay=[0.0, 0.1], maximize=[False, True],
-                        initial_accumulator_value=[0.0, 0.5])
-ADAMAX_FLAGS = _matrix(weight_decay=[0.0, 0.1], maximize=[False, True], betas=[(0.9, 0.999), (0.5, 0.9)])
-# both branches within the 12 steps run: rectified from step 6 on (beta2 0.999 and 0.9 alike)
-RADAM_FLAGS = _matrix(weight_decay=[0.0, 0.1], decoupled_weight_decay=[False, True], maximize=[False, True],
-                      betas=[(0.9, 0.999), (0.8, 0.9)])
-NADAM_FLAGS = _matrix(weight_decay=[0.0, 0.1], decoupled_weight_decay=[False, True], maximize=[False, True],
-                      momentum_decay=[4e-3, 0.3])
-
-CASES = (
-    [(torch.optim.SGD, adamkit.SGD, f) for f in SGD_FLAGS]
-    + [(torch.optim.RMSprop, adamkit.RMSprop, f) for f in RMSPROP_FLAGS]
-    + [(torch.optim.Adagrad, adamkit.Adagrad, f) for f in ADAGRAD_FLAGS]
-    + [(torch.optim.Adamax, adamkit.Adamax, f) for f in ADAMAX_FLAGS]
-    + [(torch.optim.RAdam, adamkit.RAdam, f) for f in RADAM_FLAGS]
-    + [(torch.optim.NAdam, adamkit.NAdam, f) for f in NADAM_FLAGS]
-)
+# Adam and AdamW: test_adam_parity.py
+FAMILY = [a for a in WITH_TORCH if a.cls not in (adamkit.Adam, adamkit.AdamW)]
+CASES = [(a.torch_cls, a.cls, flags) for a in FAMILY for flags in a.flags]
 
 
 def _case_id(case):
-    torch_cls, _, flags = case
-    return torch_cls.__name__ + "-" + "-".join(f"{k}={v}" for k, v in flags.items())
+    return case_id(case[1], case[2])
 
 
 # Each flag set runs real with a float lr and complex with a tensor lr; the other two
@@ -64,9 +37,7 @@ def test_matches_torch_bitwise(case, dtype, complex_, tensor_lr):
     assert_bitwise_equal(*run_side_by_side(torch_cls, adamkit_cls, params, dict(lr=lr, **flags), adamkit_kwargs=EAGER))
 
 
-@pytest.mark.parametrize("torch_cls,adamkit_cls", [(torch.optim.SGD, adamkit.SGD), (torch.optim.RMSprop, adamkit.RMSprop),
-                                                   (torch.optim.Adagrad, adamkit.Adagrad), (torch.optim.Adamax, adamkit.Adamax),
-                                                   (torch.optim.RAdam, adamkit.RAdam), (torch.optim.NAdam, adamkit.NAdam)])
+@pytest.mark.parametrize("torch_cls,adamkit_cls", [(a.torch_cls, a.cls) for a in FAMILY], ids=[a.name for a in FAMILY])
 def test_defaults_and_state_dict_layout_match_torch(torch_cls, adamkit_cls):
     params = make_params(torch.float32)
     result = run_side_by_side(torch_cls, adamkit_cls, params, {})
@@ -77,14 +48,8 @@ def test_defaults_and_state_dict_layout_match_torch(torch_cls, adamkit_cls):
     assert {k: sorted(v) for k, v in sd_a["state"].items()} == {k: sorted(v) for k, v in sd_t["state"].items()}
 
 
-@pytest.mark.parametrize("torch_cls,adamkit_cls,kwargs", [
-    (torch.optim.SGD, adamkit.SGD, dict(lr=0.05, momentum=0.9, nesterov=True)),
-    (torch.optim.RMSprop, adamkit.RMSprop, dict(lr=0.01, momentum=0.5, centered=True)),
-    (torch.optim.Adagrad, adamkit.Adagrad, dict(lr=0.1, lr_decay=0.01)),
-    (torch.optim.Adamax, adamkit.Adamax, dict(lr=0.01, weight_decay=0.1)),
-    (torch.optim.RAdam, adamkit.RAdam, dict(lr=0.01, betas=(0.8, 0.9), weight_decay=0.1, decoupled_weight_decay=True)),
-    (torch.optim.NAdam, adamkit.NAdam, dict(lr=0.01, momentum_decay=0.3, weight_decay=0.1)),
-])
+@pytest.mark.parametrize("torch_cls,adamkit_cls,kwargs", [(a.torch_cls, a.cls, dict(lr=0.01, **a.spot)) for a in FAMILY],
+                         ids=[a.name for a in FAMILY])
 @pytest.mark.parametrize("direction", ["torch->adamkit", "adamkit->torch"])
 @pytest.mark.parametrize("kernel", list(KERNELS))
 def test_checkpoints_move_both_ways(torch_cls, adamkit_cls, kwargs, direction, kernel):
@@ -138,13 +103,27 @@ def test_adagrad_sparse_gradient_matches_torch():
         adamkit.Adagrad([w], weight_decay=0.1).step()
 
 
-@pytest.mark.parametrize("cls,message", [(adamkit.RMSprop, "RMSprop does not support sparse gradients"),
-                                         (adamkit.Yogi, "Yogi does not support sparse gradients")])
-def test_sparse_gradient_refused(cls, message):
-    w = torch.nn.Parameter(torch.zeros(3, 2))
-    w.grad = torch.sparse_coo_tensor(torch.tensor([[0]]), torch.ones(1, 2), (3, 2))
-    with pytest.raises(RuntimeError, match=message):
-        cls([w]).step()
+REFUSE_SPARSE = [a.cls for a in ALGORITHMS if a.cls not in (adamkit.SGD, adamkit.Adagrad)]
+
+
+@pytest.mark.parametrize("cls", REFUSE_SPARSE, ids=[cls.__name__ for cls in REFUSE_SPARSE])
+def test_sparse_gradient_refused_with_torchs_message(cls):
+    """torch's message where torch has the class; the step changes nothing."""
+    def sparse_parameter():
+        w = torch.nn.Parameter(torch.zeros(3, 2))
+        w.grad = torch.sparse_coo_tensor(torch.tensor([[0]]), torch.ones(1, 2), (3, 2))
+        return w
+
+    w = sparse_parameter()
+    optimizer = cls([w])
+    with pytest.raises(RuntimeError) as ours:
+        optimizer.step()
+    assert str(ours.value) == cls.sparse_grad_error
+    if hasattr(torch.optim, cls.__name__):
+        with pytest.raises(RuntimeError) as theirs:
+            getattr(torch.optim, cls.__name__)([sparse_parameter()]).step()
+        assert str(ours.value) == str(theirs.value)
+    assert torch.count_nonzero(w) == 0 and optimizer.state[w] == {}
 
 
 @pytest.mark.parametrize("kwargs", [dict(lr=-1.0), dict(momentum=-0.5), dict(weight_decay=-1.0),

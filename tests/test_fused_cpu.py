@@ -1,7 +1,6 @@
 """The fused CPU kernel: it is what runs by default, and it computes what the eager kernel
 does with correctly rounded square roots and coefficients (its ``exact`` mode)."""
 
-import itertools
 import warnings
 
 import pytest
@@ -12,22 +11,9 @@ from adamkit.kernels import fused_cpu
 from adamkit.kernels.fused import FusedKernel
 from adamkit.kernels.compile_cache import loops_for
 from parity import EAGER, assert_bitwise_equal, assert_matches_torch, grads_for, make_params, run_side_by_side, step_together
-from test_family_parity import ADAGRAD_FLAGS, ADAMAX_FLAGS, NADAM_FLAGS, RADAM_FLAGS, RMSPROP_FLAGS, SGD_FLAGS
+from algorithms import ALGORITHMS, case_id as _algorithm_case_id
 
-ADAM_FLAGS = [
-    dict(weight_decay=wd, amsgrad=ams, maximize=mx, decoupled_weight_decay=dec, betas=(0.8, 0.99), eps=1e-6)
-    for wd, ams, mx, dec in itertools.product([0.0, 0.1], [False, True], [False, True], [False, True])
-]
-CASES = (
-    [(adamkit.Adam, f) for f in ADAM_FLAGS]
-    + [(adamkit.Yogi, dict(weight_decay=wd, maximize=mx)) for wd in (0.0, 0.1) for mx in (False, True)]
-    + [(adamkit.SGD, f) for f in SGD_FLAGS]
-    + [(adamkit.RMSprop, f) for f in RMSPROP_FLAGS]
-    + [(adamkit.Adagrad, f) for f in ADAGRAD_FLAGS]
-    + [(adamkit.Adamax, f) for f in ADAMAX_FLAGS]
-    + [(adamkit.RAdam, f) for f in RADAM_FLAGS]
-    + [(adamkit.NAdam, f) for f in NADAM_FLAGS]
-)
+CASES = [(a.cls, flags) for a in ALGORITHMS for flags in a.flags]
 
 
 def _params(dtype):
@@ -39,8 +25,7 @@ def _params(dtype):
 
 
 def case_id(case):
-    cls, flags = case
-    return cls.__name__ + "-" + "-".join(f"{k}={v}" for k, v in flags.items())
+    return _algorithm_case_id(*case)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

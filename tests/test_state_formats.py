@@ -12,19 +12,10 @@ import adamkit
 from adamkit.optimizers.checkpoint_format import per_tensor_numbers
 from adamkit.kernels.fused import FusedKernel
 from adamkit.state import formats
+from algorithms import ALGORITHMS as TABLE
 from parity import grads_for, step_together
 
-ALGORITHMS = [
-    (adamkit.Adam, dict(amsgrad=True, weight_decay=0.1)),
-    (adamkit.AdamW, {}),
-    (adamkit.Yogi, {}),
-    (adamkit.SGD, dict(momentum=0.9)),
-    (adamkit.RMSprop, dict(centered=True, momentum=0.5)),
-    (adamkit.Adagrad, dict(lr_decay=0.01)),
-    (adamkit.Adamax, dict(weight_decay=0.1)),
-    (adamkit.RAdam, dict(betas=(0.8, 0.9))),
-    (adamkit.NAdam, dict(decoupled_weight_decay=True, weight_decay=0.1)),
-]
+ALGORITHMS = [(a.cls, a.spot) for a in TABLE]
 IDS = [cls.__name__ for cls, _ in ALGORITHMS]
 
 

@@ -6,26 +6,19 @@ with the same type and message."""
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import pytest
 import torch
 
 import adamkit
+from algorithms import WITH_TORCH
 from parity import EAGER, KERNELS, assert_bitwise_equal, assert_matches_torch, make_params, run_side_by_side
 
 common_optimizers = pytest.importorskip("torch.testing._internal.common_optimizers")
 
-PAIRS = {
-    torch.optim.Adam: adamkit.Adam,
-    torch.optim.AdamW: adamkit.AdamW,
-    torch.optim.SGD: adamkit.SGD,
-    torch.optim.RMSprop: adamkit.RMSprop,
-    torch.optim.Adagrad: adamkit.Adagrad,
-    torch.optim.Adamax: adamkit.Adamax,
-    torch.optim.RAdam: adamkit.RAdam,
-    torch.optim.NAdam: adamkit.NAdam,
-}
+PAIRS = {a.torch_cls: a.cls for a in WITH_TORCH}
 INFOS = {info.optim_cls: info for info in common_optimizers.optim_db if info.optim_cls in PAIRS}
 
 
@@ -92,9 +85,8 @@ def test_torchs_error_cases_raise_as_torch(torch_cls, error):
 # torch's TestDifferentiableOptimizer, for the algorithms the Adam tests in test_dropin.py do not cover:
 # state of one step, given as inputs that require grad; ``extra`` holds per-tensor numbers.
 DIFFERENTIABLE = {
-    torch.optim.Adamax: (("exp_avg", "exp_inf"), {}),
-    torch.optim.RAdam: (("exp_avg", "exp_avg_sq"), {}),
-    torch.optim.NAdam: (("exp_avg", "exp_avg_sq"), {"mu_product": 0.3}),
+    a.torch_cls: (a.cls.update_rule.slots, a.extra_state)
+    for a in WITH_TORCH if a.cls not in (adamkit.Adam, adamkit.AdamW, adamkit.SGD, adamkit.RMSprop, adamkit.Adagrad)
 }
 
 
@@ -115,7 +107,9 @@ def _differentiable_step(cls, kwargs, names, extra, param, grad, *slots):
 @pytest.mark.parametrize("torch_cls", list(DIFFERENTIABLE), ids=lambda cls: cls.__name__)
 def test_differentiable_steps_match_torch_and_pass_gradcheck(torch_cls, maximize):
     names, extra = DIFFERENTIABLE[torch_cls]
-    kwargs = dict(lr=0.9, weight_decay=0.1, maximize=maximize, differentiable=True)
+    kwargs = dict(lr=0.9, maximize=maximize, differentiable=True)
+    if "weight_decay" in inspect.signature(torch_cls).parameters:
+        kwargs["weight_decay"] = 0.1
     g = torch.Generator().manual_seed(0)
     inputs = [torch.rand(6, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2 + len(names))]
     ours, theirs = PAIRS[torch_cls], torch_cls

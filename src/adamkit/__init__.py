@@ -5,12 +5,16 @@
 >>> optimizer = adamkit.Adam(model.parameters(), lr=0.1)
 """
 
-from adamkit.optimizers import SGD, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop, Yogi, warmup
+from adamkit.optimizers import (
+    ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop, Rprop, Yogi, warmup,
+)
 from adamkit.safety import CheckpointError, freeze, load_checkpoint, param_groups, save_checkpoint, unfreeze
 from adamkit.trace import trace
 
 __all__ = [
+    "ASGD",
     "SGD",
+    "Adadelta",
     "Adagrad",
     "Adam",
     "AdamW",
@@ -19,6 +23,7 @@ __all__ = [
     "NAdam",
     "RAdam",
     "RMSprop",
+    "Rprop",
     "Yogi",
     "freeze",
     "load_checkpoint",

@@ -6,7 +6,7 @@ optimizers timed in the same run, taking turns. On the CPU each step is timed al
 on a GPU a round of ``repeats`` steps runs back to back (steady state: the host queues
 work while the device runs it) between two CUDA events. The limit is the machine's
 measured stream bandwidth for the bytes a step must move (param, grad and two state
-tensors read; param and state written: 7 elements per parameter, for each algorithm here).
+tensors read; param and state written: 7 elements per parameter, 5 for ASGD's one state tensor).
 
     >>> shape = parse_shape("3x1000")
     >>> shape.tensors, shape.elements, shape.label
@@ -33,13 +33,16 @@ import adamkit
 ELEMENTS_MOVED_PER_PARAM = 7
 DEFAULT_SHAPES = ("4x4194304", "4x16777216", "2000x4096")
 DEFAULT_IMPLEMENTATIONS = ("adamkit", "torch for-loop", "torch foreach", "torch fused")
-# The algorithms timed: adamkit's class and torch's, each keeping two state tensors per parameter.
+# The algorithms timed: adamkit's class and torch's; all but ASGD (one: 5 elements) keep two state tensors per parameter.
 ALGORITHMS: dict[str, tuple[type, type]] = {
     "adam": (adamkit.Adam, torch.optim.Adam),
     "adamw": (adamkit.AdamW, torch.optim.AdamW),
     "adamax": (adamkit.Adamax, torch.optim.Adamax),
     "nadam": (adamkit.NAdam, torch.optim.NAdam),
     "radam": (adamkit.RAdam, torch.optim.RAdam),
+    "adadelta": (adamkit.Adadelta, torch.optim.Adadelta),
+    "rprop": (adamkit.Rprop, torch.optim.Rprop),
+    "asgd": (adamkit.ASGD, torch.optim.ASGD),
 }
 # name -> (params, adamkit's class, torch's class) -> optimizer
 IMPLEMENTATIONS: dict[str, Callable] = {

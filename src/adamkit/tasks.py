@@ -151,7 +151,7 @@ TASKS: dict[str, Task] = {
             # d2l's choices where it has one: sgd 0.05, adagrad 0.1, adam 0.01.
             learning_rates={
                 "adam": 0.01, "adamw": 0.01, "amsgrad": 0.01, "yogi": 0.01, "adamax": 0.02, "radam": 0.01, "nadam": 0.01,
-                "sgd": 0.05, "rmsprop": 0.01, "adagrad": 0.1,
+                "sgd": 0.05, "rmsprop": 0.01, "adagrad": 0.1, "adadelta": 1.0, "rprop": 0.01, "asgd": 0.05,
             },
         ),
         Task(
@@ -166,7 +166,7 @@ TASKS: dict[str, Task] = {
             evaluate_every=320,
             learning_rates={
                 "adam": 0.003, "adamw": 0.003, "amsgrad": 0.003, "yogi": 0.003, "adamax": 0.006, "radam": 0.003, "nadam": 0.003,
-                "sgd": 0.1, "rmsprop": 0.001, "adagrad": 0.03,
+                "sgd": 0.1, "rmsprop": 0.001, "adagrad": 0.03, "adadelta": 1.0, "rprop": 0.01, "asgd": 0.1,
             },
         ),
         Task(
@@ -181,7 +181,7 @@ TASKS: dict[str, Task] = {
             evaluate_every=320,
             learning_rates={
                 "adam": 0.01, "adamw": 0.01, "amsgrad": 0.01, "yogi": 0.01, "adamax": 0.02, "radam": 0.01, "nadam": 0.01,
-                "sgd": 0.3, "rmsprop": 0.001, "adagrad": 0.03,
+                "sgd": 0.3, "rmsprop": 0.001, "adagrad": 0.03, "adadelta": 1.0, "rprop": 0.001, "asgd": 0.3,
             },
         ),
     )

@@ -50,6 +50,8 @@ def correctly_rounded_sqrt(x: Tensor) -> Tensor:
 
 EXACT_OPS = types.ModuleType("exact_ops", "adamkit.rules.ops with a correctly rounded sqrt")
 EXACT_OPS.__dict__.update({name: getattr(ops, name) for name in ops.__all__}, sqrt=correctly_rounded_sqrt)
+UNFUSED_OPS = types.ModuleType("unfused_ops", "adamkit.rules.ops with add_scaled's product rounded before the sum")
+UNFUSED_OPS.__dict__.update({name: getattr(ops, name) for name in ops.__all__}, add_scaled=lambda a, b, alpha: a + b * alpha)
 
 
 def _slices(numel: int, chunk: int) -> list[slice]:
@@ -89,6 +91,7 @@ def eager_step(
     real = _real if complex_as_real else _identity
     scalars = EXACT if exact else TORCH
     update = bind(rule.update, EXACT_OPS) if exact else rule.update
+    complex_update = bind(rule.update, UNFUSED_OPS) if rule.complex_step_unfused and not exact else update
     sparse_update = rule.sparse_update
     if exact and sparse_update is not None:
         sparse_update = bind(sparse_update, EXACT_OPS)
@@ -161,7 +164,8 @@ def eager_step(
             new_param, grad_piece = maximize_and_weight_decay(new_param, grad_piece, decay)
             slot_values = [inputs.get(name) for name in rule.slots]
             slot_values += [None] * (3 - len(slot_values))
-            new_param, *new_values = update(real(new_param), real(grad_piece), *slot_values, coefficients)
+            step_rule = complex_update if param.is_complex() else update
+            new_param, *new_values = step_rule(real(new_param), real(grad_piece), *slot_values, coefficients)
 
             real(param_piece).copy_(new_param)
             for slot, (name, value) in enumerate(zip(rule.slots, new_values)):

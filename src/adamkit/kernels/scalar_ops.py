@@ -52,6 +52,19 @@ def fma(typingctx, a, b, c):
 
 
 @intrinsic
+def _select(typingctx, condition, a, b):
+    """``a`` if ``condition`` else ``b``, without a branch: numba's inliner loses track
+    of variables set in the branches of an inlined ``if`` (NumbaIRAssumptionWarning)."""
+    if not (isinstance(condition, types.Boolean) and isinstance(a, types.Float) and a == b):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.select(*args)
+
+    return a(condition, a, b), codegen
+
+
+@intrinsic
 def pointer(typingctx, address, like):
     """The int64 ``address`` as a pointer to elements of ``like``'s dtype."""
     pointer_type = types.CPointer(like.dtype)
@@ -256,6 +269,10 @@ def maximum(a, b):
     """The larger value; NaN wins."""
 
 
+def clamp(x, low, high):
+    """``min(max(x, low), high)``; NaN stays NaN."""
+
+
 def where(condition, a, b):
     """``a`` if ``condition`` else ``b``."""
 
@@ -328,7 +345,7 @@ def _reciprocal(x):
 @overload(where, inline="always")
 def _where(condition, a, b):
     kind = as_dtype(a).type
-    return lambda condition, a, b: a if condition else kind(b)
+    return lambda condition, a, b: _select(condition, a, kind(b))
 
 
 @overload(sign, inline="always")
@@ -345,6 +362,17 @@ def _absolute(x):
 @overload(maximum, inline="always")
 def _maximum(a, b):
     return _maximum_impl
+
+
+@overload(clamp, inline="always")
+def _clamp(x, low, high):
+    kind = as_dtype(x).type
+
+    def clamp_impl(x, low, high):
+        raised = _select(x > kind(low), x, kind(low))
+        return _select(x != x, x, _select(raised < kind(high), raised, kind(high)))
+
+    return clamp_impl
 
 
 @overload(clone, inline="always")

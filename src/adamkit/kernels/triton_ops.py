@@ -84,6 +84,12 @@ def maximum(a, b):
 
 
 @triton.jit
+def clamp(x, low, high):
+    raised = tl.where(x > low, x, low)
+    return tl.where(x != x, x, tl.where(raised < high, raised, high))
+
+
+@triton.jit
 def clone(x):
     return x
 

@@ -7,12 +7,11 @@ from typing import TYPE_CHECKING
 from torch import Tensor
 
 from adamkit import rules
-from adamkit.optimizers.base import RuleOptimizer
+from adamkit.optimizers.base import AdamkitOptions, RuleOptimizer
 from adamkit.optimizers.hyperparameters import check_non_negative, check_tensor_lr
-from adamkit.state.formats import MIN_ELEMENTS
 
 if TYPE_CHECKING:
-    from torch.distributed import ProcessGroup
+    from typing_extensions import Unpack
 
 
 class Adagrad(RuleOptimizer):
@@ -51,12 +50,7 @@ class Adagrad(RuleOptimizer):
         maximize: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
-        skip_nonfinite: bool = False,
-        warn_zero_grad_update: bool = True,
-        state_dtype: str | None = None,
-        state_seed: int = 0,
-        low_precision_min_elements: int = MIN_ELEMENTS,
-        process_group: ProcessGroup | None = None,
+        **options: Unpack[AdamkitOptions],
     ) -> None:
         check_tensor_lr(lr, foreach=None, capturable=False)
         check_non_negative("learning rate", lr)
@@ -65,21 +59,11 @@ class Adagrad(RuleOptimizer):
         check_non_negative("initial_accumulator_value value", initial_accumulator_value)
         check_non_negative("epsilon value", eps)
         defaults = {
-            "lr": lr,
-            "lr_decay": lr_decay,
-            "eps": eps,
-            "weight_decay": weight_decay,
-            "initial_accumulator_value": initial_accumulator_value,
-            "foreach": foreach,
-            "maximize": maximize,
-            "differentiable": differentiable,
-            "fused": fused,
+            "lr": lr, "lr_decay": lr_decay, "eps": eps, "weight_decay": weight_decay,
+            "initial_accumulator_value": initial_accumulator_value, "foreach": foreach, "maximize": maximize,
+            "differentiable": differentiable, "fused": fused,
         }
-        super().__init__(
-            params, defaults, skip_nonfinite=skip_nonfinite, warn_zero_grad_update=warn_zero_grad_update,
-            state_dtype=state_dtype, state_seed=state_seed, low_precision_min_elements=low_precision_min_elements,
-            process_group=process_group,
-        )
+        super().__init__(params, defaults, **options)
 
     def state_fills(self, group: dict) -> dict[str, float]:
         return {"sum": group["initial_accumulator_value"]}

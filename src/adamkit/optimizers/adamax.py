@@ -7,12 +7,11 @@ from typing import TYPE_CHECKING
 from torch import Tensor
 
 from adamkit import rules
-from adamkit.optimizers.base import RuleOptimizer
+from adamkit.optimizers.base import AdamkitOptions, RuleOptimizer
 from adamkit.optimizers.hyperparameters import check_adam_hyperparameters
-from adamkit.state.formats import MIN_ELEMENTS
 
 if TYPE_CHECKING:
-    from torch.distributed import ProcessGroup
+    from typing_extensions import Unpack
 
 
 class Adamax(RuleOptimizer):
@@ -48,23 +47,14 @@ class Adamax(RuleOptimizer):
         maximize: bool = False,
         differentiable: bool = False,
         capturable: bool = False,
-        skip_nonfinite: bool = False,
-        warn_zero_grad_update: bool = True,
-        state_dtype: str | None = None,
-        state_seed: int = 0,
-        low_precision_min_elements: int = MIN_ELEMENTS,
-        process_group: ProcessGroup | None = None,
+        **options: Unpack[AdamkitOptions],
     ) -> None:
         check_adam_hyperparameters(lr, eps, betas, weight_decay, foreach=None, capturable=capturable)
         defaults = {
             "lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "foreach": foreach,
             "maximize": maximize, "differentiable": differentiable, "capturable": capturable,
         }
-        super().__init__(
-            params, defaults, skip_nonfinite=skip_nonfinite, warn_zero_grad_update=warn_zero_grad_update,
-            state_dtype=state_dtype, state_seed=state_seed, low_precision_min_elements=low_precision_min_elements,
-            process_group=process_group,
-        )
+        super().__init__(params, defaults, **options)
 
     def state_fills(self, group: dict) -> dict[str, float]:
         return {"exp_avg": 0.0, "exp_inf": 0.0}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
 import torch
 from torch import Tensor
@@ -38,6 +38,18 @@ if TYPE_CHECKING:
 def _fused_kernels() -> list[FusedKernel]:
     """The fused kernels an optimizer tries, in order; the eager kernel takes the rest."""
     return [FusedCudaKernel(), FusedCpuKernel()]
+
+
+class AdamkitOptions(TypedDict, total=False):
+    """adamkit's keyword options beyond torch's signature, taken by every optimizer class
+    and handed to :class:`RuleOptimizer` as they are (its docstring says what each does)."""
+
+    skip_nonfinite: bool
+    warn_zero_grad_update: bool
+    state_dtype: str | None
+    state_seed: int
+    low_precision_min_elements: int
+    process_group: ProcessGroup | None
 
 
 class RuleOptimizer(Optimizer):
@@ -159,6 +171,10 @@ class RuleOptimizer(Optimizer):
         value; None for one the rule creates on its first step (SGD's momentum buffer)."""
         raise NotImplementedError
 
+    def scalar_fills(self, group: dict[str, Any]) -> dict[str, float]:
+        """The initial values of the rule's scalar state (``Rule.scalar_state``) in ``group``."""
+        return dict(self.update_rule.scalar_state)
+
     def decoupled_weight_decay(self, group: dict[str, Any]) -> bool:
         return bool(group.get("decoupled_weight_decay", False))
 
@@ -173,7 +189,7 @@ class RuleOptimizer(Optimizer):
         return StateSpec(
             fills=self.state_fills(group),
             step_dtype=scalar_dtype(group.get("fused")) if self.counts_steps else None,
-            scalar_fills=dict(self.update_rule.scalar_state),
+            scalar_fills=self.scalar_fills(group),
             state_dtype=group.get("state_dtype", self.state_dtype),
             min_elements=self.low_precision_min_elements,
             seed=self.state_seed,

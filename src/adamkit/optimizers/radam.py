@@ -7,12 +7,11 @@ from typing import TYPE_CHECKING
 from torch import Tensor
 
 from adamkit import rules
-from adamkit.optimizers.base import RuleOptimizer
+from adamkit.optimizers.base import AdamkitOptions, RuleOptimizer
 from adamkit.optimizers.hyperparameters import check_adam_hyperparameters
-from adamkit.state.formats import MIN_ELEMENTS
 
 if TYPE_CHECKING:
-    from torch.distributed import ProcessGroup
+    from typing_extensions import Unpack
 
 
 class RAdam(RuleOptimizer):
@@ -53,12 +52,7 @@ class RAdam(RuleOptimizer):
         maximize: bool = False,
         capturable: bool = False,
         differentiable: bool = False,
-        skip_nonfinite: bool = False,
-        warn_zero_grad_update: bool = True,
-        state_dtype: str | None = None,
-        state_seed: int = 0,
-        low_precision_min_elements: int = MIN_ELEMENTS,
-        process_group: ProcessGroup | None = None,
+        **options: Unpack[AdamkitOptions],
     ) -> None:
         check_adam_hyperparameters(lr, eps, betas, weight_decay, foreach=None, capturable=capturable)
         defaults = {
@@ -66,11 +60,7 @@ class RAdam(RuleOptimizer):
             "foreach": foreach, "capturable": capturable, "decoupled_weight_decay": decoupled_weight_decay,
             "differentiable": differentiable,
         }
-        super().__init__(
-            params, defaults, skip_nonfinite=skip_nonfinite, warn_zero_grad_update=warn_zero_grad_update,
-            state_dtype=state_dtype, state_seed=state_seed, low_precision_min_elements=low_precision_min_elements,
-            process_group=process_group,
-        )
+        super().__init__(params, defaults, **options)
 
     def state_fills(self, group: dict) -> dict[str, float]:
         return {"exp_avg": 0.0, "exp_avg_sq": 0.0}

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 import torch
 from torch.optim import Optimizer
 
-from adamkit.optimizers import SGD, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop, Yogi
+from adamkit.optimizers import ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop, Rprop, Yogi
 
 _FACTORIES: dict[str, Callable[..., Optimizer]] = {
     "adam": Adam,
@@ -20,6 +20,9 @@ _FACTORIES: dict[str, Callable[..., Optimizer]] = {
     "sgd": SGD,
     "rmsprop": RMSprop,
     "adagrad": Adagrad,
+    "adadelta": Adadelta,
+    "rprop": Rprop,
+    "asgd": ASGD,
     "torch-adam": torch.optim.Adam,
 }
 

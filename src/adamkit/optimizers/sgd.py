@@ -7,12 +7,11 @@ from typing import TYPE_CHECKING
 from torch import Tensor
 
 from adamkit import rules
-from adamkit.optimizers.base import RuleOptimizer
+from adamkit.optimizers.base import AdamkitOptions, RuleOptimizer
 from adamkit.optimizers.hyperparameters import check_tensor_lr, squeeze_scalar
-from adamkit.state.formats import MIN_ELEMENTS
 
 if TYPE_CHECKING:
-    from torch.distributed import ProcessGroup
+    from typing_extensions import Unpack
 
 
 class SGD(RuleOptimizer):
@@ -60,12 +59,7 @@ class SGD(RuleOptimizer):
         foreach: bool | None = None,
         differentiable: bool = False,
         fused: bool | None = None,
-        skip_nonfinite: bool = False,
-        warn_zero_grad_update: bool = True,
-        state_dtype: str | None = None,
-        state_seed: int = 0,
-        low_precision_min_elements: int = MIN_ELEMENTS,
-        process_group: ProcessGroup | None = None,
+        **options: Unpack[AdamkitOptions],
     ) -> None:
         check_tensor_lr(lr, foreach=None, capturable=False)
         if lr < 0.0:
@@ -75,23 +69,13 @@ class SGD(RuleOptimizer):
         if weight_decay < 0.0:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         defaults = {
-            "lr": lr,
-            "momentum": momentum,
-            "dampening": dampening,
-            "weight_decay": weight_decay,
-            "nesterov": nesterov,
-            "maximize": maximize,
-            "foreach": foreach,
-            "differentiable": differentiable,
+            "lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
+            "nesterov": nesterov, "maximize": maximize, "foreach": foreach, "differentiable": differentiable,
             "fused": fused,
         }
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-        super().__init__(
-            params, defaults, skip_nonfinite=skip_nonfinite, warn_zero_grad_update=warn_zero_grad_update,
-            state_dtype=state_dtype, state_seed=state_seed, low_precision_min_elements=low_precision_min_elements,
-            process_group=process_group,
-        )
+        super().__init__(params, defaults, **options)
 
     def state_fills(self, group: dict) -> dict[str, None]:
         return {"momentum_buffer": None} if group["momentum"] != 0 else {}

@@ -48,7 +48,7 @@ def new_state(optimizer: RuleOptimizer, param: Tensor, group: dict[str, Any]) ->
                     f"but {param.dtype} and {param.device.type}"
                 )
         on_device = group.get("capturable") or group.get("fused")
-        for name, fill in (("step", 0.0), *optimizer.update_rule.scalar_state):
+        for name, fill in {"step": 0.0, **optimizer.scalar_fills(group)}.items():
             state[name] = (
                 torch.full((), fill, dtype=scalar_dtype(group.get("fused")), device=param.device)
                 if on_device

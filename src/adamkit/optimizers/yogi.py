@@ -7,12 +7,11 @@ from typing import TYPE_CHECKING
 from torch import Tensor
 
 from adamkit import rules
-from adamkit.optimizers.base import RuleOptimizer
+from adamkit.optimizers.base import AdamkitOptions, RuleOptimizer
 from adamkit.optimizers.hyperparameters import check_betas, check_non_negative, check_tensor_lr, squeeze_scalar
-from adamkit.state.formats import MIN_ELEMENTS
 
 if TYPE_CHECKING:
-    from torch.distributed import ProcessGroup
+    from typing_extensions import Unpack
 
 
 class Yogi(RuleOptimizer):
@@ -39,11 +38,7 @@ class Yogi(RuleOptimizer):
     update_rule = rules.yogi
     sparse_grad_error = "Yogi does not support sparse gradients; pass dense gradients (grad.to_dense())"
     flag_defaults = {
-        "maximize": False,
-        "foreach": None,
-        "capturable": False,
-        "differentiable": False,
-        "fused": None,
+        "maximize": False, "foreach": None, "capturable": False, "differentiable": False, "fused": None,
         "decoupled_weight_decay": False,
     }
 
@@ -62,12 +57,7 @@ class Yogi(RuleOptimizer):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
-        skip_nonfinite: bool = False,
-        warn_zero_grad_update: bool = True,
-        state_dtype: str | None = None,
-        state_seed: int = 0,
-        low_precision_min_elements: int = MIN_ELEMENTS,
-        process_group: ProcessGroup | None = None,
+        **options: Unpack[AdamkitOptions],
     ) -> None:
         check_tensor_lr(lr, foreach=foreach, capturable=capturable)
         check_non_negative("learning rate", lr)
@@ -76,23 +66,12 @@ class Yogi(RuleOptimizer):
         check_non_negative("initial_accumulator value", initial_accumulator)
         check_non_negative("weight_decay value", weight_decay)
         defaults = {
-            "lr": lr,
-            "betas": tuple(map(squeeze_scalar, betas)),
-            "eps": eps,
-            "initial_accumulator": initial_accumulator,
-            "weight_decay": weight_decay,
-            "decoupled_weight_decay": decoupled_weight_decay,
-            "maximize": maximize,
-            "foreach": foreach,
-            "capturable": capturable,
-            "differentiable": differentiable,
-            "fused": fused,
+            "lr": lr, "betas": tuple(map(squeeze_scalar, betas)), "eps": eps,
+            "initial_accumulator": initial_accumulator, "weight_decay": weight_decay,
+            "decoupled_weight_decay": decoupled_weight_decay, "maximize": maximize, "foreach": foreach,
+            "capturable": capturable, "differentiable": differentiable, "fused": fused,
         }
-        super().__init__(
-            params, defaults, skip_nonfinite=skip_nonfinite, warn_zero_grad_update=warn_zero_grad_update,
-            state_dtype=state_dtype, state_seed=state_seed, low_precision_min_elements=low_precision_min_elements,
-            process_group=process_group,
-        )
+        super().__init__(params, defaults, **options)
 
     def state_fills(self, group: dict) -> dict[str, float]:
         return dict.fromkeys(("exp_avg", "exp_avg_sq"), group["initial_accumulator"])

@@ -10,12 +10,15 @@ The operations inside a rule are the same, in the same order, as ``torch.optim``
 for-loop implementation, so the eager kernel's results agree with it bit for bit.
 """
 
+from adamkit.rules.adadelta import adadelta
 from adamkit.rules.adagrad import adagrad
 from adamkit.rules.adam import adam, bias_corrections
 from adamkit.rules.adamax import adamax
+from adamkit.rules.asgd import asgd
 from adamkit.rules.nadam import nadam
 from adamkit.rules.radam import radam
 from adamkit.rules.rmsprop import rmsprop
+from adamkit.rules.rprop import rprop
 from adamkit.rules.rule import Rule, bind
 from adamkit.rules.scalars import EXACT, TORCH, ScalarMath
 from adamkit.rules.sgd import sgd
@@ -28,9 +31,11 @@ __all__ = [
     "Rule",
     "ScalarMath",
     "TORCH",
+    "adadelta",
     "adagrad",
     "adam",
     "adamax",
+    "asgd",
     "bias_corrections",
     "bind",
     "decay_coefficients",
@@ -38,6 +43,7 @@ __all__ = [
     "nadam",
     "radam",
     "rmsprop",
+    "rprop",
     "sgd",
     "yogi",
 ]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["lerp", "add_scaled", "addcmul", "addcdiv", "div", "ema_square", "sqrt", "reciprocal", "sign", "absolute", "maximum", "where", "clone"]
+__all__ = ["lerp", "add_scaled", "addcmul", "addcdiv", "div", "ema_square", "sqrt", "reciprocal", "sign", "absolute", "maximum", "clamp", "where", "clone"]
 
 
 def _requires_grad(value) -> bool:
@@ -83,6 +83,11 @@ def absolute(x: Tensor) -> Tensor:
 def maximum(a: Tensor, b: Tensor) -> Tensor:
     """Elementwise maximum; NaN wins, as in ``torch.maximum``."""
     return torch.maximum(a, b)
+
+
+def clamp(x: Tensor, low, high) -> Tensor:
+    """``min(max(x, low), high)``; NaN stays NaN, as in ``torch.clamp``."""
+    return torch.clamp(x, low, high)
 
 
 def where(condition, a, b):

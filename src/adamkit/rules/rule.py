@@ -27,7 +27,10 @@ class Rule:
     ``sparse_update(param, grad, state, c)``, where present, handles sparse gradients
     (eager kernel only). ``decays_real_view``: torch's for-loop applies weight decay to a
     complex parameter's real view (RAdam, NAdam), not to the complex tensor (Adam),
-    which rounds differently; the eager kernel follows it.
+    which rounds differently; the eager kernel follows it. ``complex_step_unfused``:
+    torch's for-loop adds the step to a complex parameter as a complex tensor
+    (Adadelta's ``param.add_(delta, alpha=-lr)``), a product and a sum rounded apart,
+    where a real ``add`` rounds once; the eager kernel's torch mode does the same.
 
     ``scalar_state`` names per-tensor numbers the rule keeps beside the step counter
     (NAdam's ``mu_product``), with their initial values: 0-dim tensors in the state, as
@@ -42,6 +45,7 @@ class Rule:
     update: Callable
     sparse_update: Callable | None = None
     decays_real_view: bool = False
+    complex_step_unfused: bool = False
     scalar_state: tuple[tuple[str, float], ...] = ()
 
 

@@ -17,7 +17,7 @@ class DecayCoefficients(NamedTuple):
 
 def decay_coefficients(hp: Mapping, *, decoupled: bool) -> DecayCoefficients:
     """The scalars of :func:`maximize_and_weight_decay` for a parameter group."""
-    weight_decay = hp["weight_decay"]
+    weight_decay = hp.get("weight_decay", 0)  # Rprop has none
     decay_factor = 1 - hp["lr"] * weight_decay if decoupled and weight_decay != 0 else 1.0
     return DecayCoefficients(bool(hp["maximize"]), decoupled, weight_decay, decay_factor)
 
