@@ -33,8 +33,6 @@ class Adadelta(RuleOptimizer):
     """
 
     update_rule = rules.adadelta
-    sparse_grad_error = "Adadelta does not support sparse gradients"
-    flag_defaults = {"foreach": None, "maximize": False, "differentiable": False, "capturable": False}
 
     def __init__(
         self,

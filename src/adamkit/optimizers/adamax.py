@@ -32,8 +32,6 @@ class Adamax(RuleOptimizer):
     """
 
     update_rule = rules.adamax
-    sparse_grad_error = "Adamax does not support sparse gradients"
-    flag_defaults = {"foreach": None, "maximize": False, "differentiable": False, "capturable": False}
 
     def __init__(
         self,

@@ -34,8 +34,6 @@ class ASGD(RuleOptimizer):
     """
 
     update_rule = rules.asgd
-    sparse_grad_error = "ASGD does not support sparse gradients"
-    flag_defaults = {"foreach": None, "maximize": False, "differentiable": False, "capturable": False}
 
     def __init__(
         self,

@@ -55,8 +55,10 @@ class AdamkitOptions(TypedDict, total=False):
 class RuleOptimizer(Optimizer):
     """Base class: runs ``update_rule`` over every parameter that has a gradient.
 
-    Subclasses set ``update_rule``, ``flag_defaults`` (group keys filled in when an old
-    checkpoint lacks them) and implement ``state_fills`` (the state of a new parameter).
+    Subclasses set ``update_rule``, ``flag_defaults`` where torch's class fills in other
+    group keys for an old checkpoint, and implement ``state_fills`` (the state of a new
+    parameter) and the constructor: torch's signature and checks, adamkit's options
+    (``AdamkitOptions``) passed on as ``**options``.
     The other class attributes say how the algorithm differs from Adam's conventions:
     ``counts_steps`` (a ``step`` tensor in the state), ``complex_as_real`` (the rule sees
     complex tensors as real views), ``sparse_grad_error`` (None where sparse
@@ -80,11 +82,14 @@ class RuleOptimizer(Optimizer):
     """
 
     update_rule: ClassVar[Rule]
-    flag_defaults: ClassVar[dict[str, Any]]
+    # torch's __setstate__ defaults for the flags most of its optimizers share
+    flag_defaults: ClassVar[dict[str, Any]] = {
+        "foreach": None, "maximize": False, "differentiable": False, "capturable": False,
+    }
     _step_supports_amp_scaling: ClassVar[bool] = True  # see grad_scaling
     counts_steps: ClassVar[bool] = True
     complex_as_real: ClassVar[bool] = True
-    sparse_grad_error: ClassVar[str | None]
+    sparse_grad_error: ClassVar[str | None]  # default: torch's "<class name> does not support sparse gradients"
     eager_state: ClassVar[bool] = False
 
     # Optimizer.__getstate__ keeps only defaults, state and param_groups; these must
@@ -93,6 +98,11 @@ class RuleOptimizer(Optimizer):
         "skip_nonfinite": False, "warn_zero_grad_update": True, "skipped_steps": 0, "frozen": set(),
         "state_dtype": None, "state_seed": 0, "low_precision_min_elements": MIN_ELEMENTS, "rounds": 0,
     }
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "sparse_grad_error" not in vars(cls) and not hasattr(cls, "sparse_grad_error"):
+            cls.sparse_grad_error = f"{cls.__name__} does not support sparse gradients"
 
     def __init__(
         self,

@@ -33,7 +33,6 @@ class NAdam(RuleOptimizer):
     """
 
     update_rule = rules.nadam
-    sparse_grad_error = "NAdam does not support sparse gradients"
     flag_defaults = {
         "foreach": None, "maximize": False, "capturable": False, "differentiable": False,
         "decoupled_weight_decay": False,

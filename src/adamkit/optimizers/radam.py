@@ -33,7 +33,6 @@ class RAdam(RuleOptimizer):
     """
 
     update_rule = rules.radam
-    sparse_grad_error = "RAdam does not support sparse gradients"
     flag_defaults = {
         "foreach": None, "maximize": False, "differentiable": False, "decoupled_weight_decay": False,
         "capturable": False,

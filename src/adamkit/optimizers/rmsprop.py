@@ -32,7 +32,6 @@ class RMSprop(RuleOptimizer):
     """
 
     update_rule = rules.rmsprop
-    sparse_grad_error = "RMSprop does not support sparse gradients"
     flag_defaults = {
         "momentum": 0, "centered": False, "foreach": None, "maximize": False, "differentiable": False,
         "capturable": False,

@@ -36,8 +36,6 @@ class Rprop(RuleOptimizer):
     """
 
     update_rule = rules.rprop
-    sparse_grad_error = "Rprop does not support sparse gradients"
-    flag_defaults = {"foreach": None, "maximize": False, "differentiable": False, "capturable": False}
 
     def __init__(
         self,
