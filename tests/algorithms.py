@@ -80,6 +80,19 @@ ALGORITHMS = [
     Algorithm(adamkit.ASGD, torch.optim.ASGD,
               matrix(weight_decay=[0.0, 0.1], maximize=[False, True], t0=[1e6, 3.0], lambd=[1e-4, 0.5]),
               dict(t0=3.0, lambd=0.5, weight_decay=0.1), {"eta": 0.01, "mu": 0.5}),
+    # torch has none of these: test_reference_packages.py checks them against their packages and papers
+    Algorithm(adamkit.Lion, None,
+              matrix(weight_decay=[0.0, 0.1], maximize=[False, True], betas=[(0.9, 0.99), (0.95, 0.98)]),
+              dict(weight_decay=0.1)),
+    Algorithm(adamkit.ADOPT, None,
+              matrix(weight_decay=[0.0, 0.1], decoupled_weight_decay=[False, True], maximize=[False, True],
+                     clip_exponent=[0.25, None]),
+              dict(weight_decay=0.1, decoupled_weight_decay=True)),
+    # t_alpha_beta3=5: both warm-ups end within the runs
+    Algorithm(adamkit.AdEMAMix, None,
+              matrix(weight_decay=[0.0, 0.1], decoupled_weight_decay=[False, True], maximize=[False, True],
+                     t_alpha_beta3=[None, 5]),
+              dict(t_alpha_beta3=5, weight_decay=0.1)),
 ]
 BY_NAME = {a.name: a for a in ALGORITHMS}
 WITH_TORCH = [a for a in ALGORITHMS if a.torch_cls is not None]

@@ -32,6 +32,9 @@ __all__ = [
     "rmsprop_step",
     "adagrad_init",
     "adagrad_step",
+    "lion_step",
+    "adopt_step",
+    "ademamix_step",
 ]
 
 
@@ -276,3 +279,49 @@ def adagrad_step(
     total = _f64(state["sum"]) + g * g
     p = p - clr * g / (np.sqrt(total) + eps)
     return _out(p, {"sum": total})
+
+
+# --------------------------------------------------------------------------- Lion, ADOPT, AdEMAMix
+# State starts at zero for each; ``state`` holds the arrays by torch-style name.
+
+
+def lion_step(param, grad, state: dict, t: int, *, lr, beta1, beta2, weight_decay=0.0, maximize=False):
+    """Lion (Chen et al., 2023, Algorithm 2): decoupled decay, then
+    param -= lr * sign(b1 m + (1-b1) g);  m = b2 m + (1-b2) g."""
+    p, g = _prepare(param, grad, lr=lr, weight_decay=weight_decay, maximize=maximize, decoupled=True)
+    m = _f64(state["exp_avg"])
+    p = p - lr * np.sign(beta1 * m + (1.0 - beta1) * g)
+    return _out(p, {"exp_avg": beta2 * m + (1.0 - beta2) * g})
+
+
+def adopt_step(param, grad, state: dict, t: int, *, lr, beta1, beta2, eps, clip_exponent=0.25,
+               weight_decay=0.0, decoupled=False, maximize=False):
+    """ADOPT (Taniguchi et al., 2024, Algorithm 2 with clipping): v_0 = g_0^2; then
+    m = b1 m + (1-b1) clip(g / max(sqrt(v), eps), t^c);  param -= lr m;  v = b2 v + (1-b2) g^2."""
+    p, g = _prepare(param, grad, lr=lr, weight_decay=weight_decay, maximize=maximize, decoupled=decoupled)
+    m, v = _f64(state["exp_avg"]), _f64(state["exp_avg_sq"])
+    if t == 1:
+        return _out(p, {"exp_avg": m, "exp_avg_sq": v + g * g})
+    normalized = g / np.maximum(np.sqrt(v), eps)
+    if clip_exponent is not None:
+        normalized = np.clip(normalized, -(t**clip_exponent), t**clip_exponent)
+    m = beta1 * m + (1.0 - beta1) * normalized
+    return _out(p - lr * m, {"exp_avg": m, "exp_avg_sq": beta2 * v + (1.0 - beta2) * g * g})
+
+
+def ademamix_step(param, grad, state: dict, t: int, *, lr, beta1, beta2, beta3, alpha, eps, t_alpha_beta3=None,
+                  weight_decay=0.0, decoupled=True, maximize=False):
+    """AdEMAMix (Pagliardini et al., 2024, Algorithm 1, with its alpha and beta3 schedulers):
+    m1 = b1 m1 + (1-b1) g;  m2 = b3_t m2 + (1-b3_t) g;  v = b2 v + (1-b2) g^2;
+    param -= lr (m1 / (1-b1^t) + alpha_t m2) / (sqrt(v / (1-b2^t)) + eps)."""
+    if t_alpha_beta3 is not None:
+        s = t / t_alpha_beta3
+        half_life = (1 - s) * np.log(0.5) / np.log(beta1) + s * np.log(0.5) / np.log(beta3)
+        beta3 = min(0.5 ** (1.0 / half_life), beta3)
+        alpha = min(t * alpha / t_alpha_beta3, alpha)
+    p, g = _prepare(param, grad, lr=lr, weight_decay=weight_decay, maximize=maximize, decoupled=decoupled)
+    m1 = beta1 * _f64(state["exp_avg"]) + (1.0 - beta1) * g
+    m2 = beta3 * _f64(state["exp_avg_slow"]) + (1.0 - beta3) * g
+    v = beta2 * _f64(state["exp_avg_sq"]) + (1.0 - beta2) * g * g
+    p = p - lr * (m1 / (1.0 - beta1**t) + alpha * m2) / (np.sqrt(v / (1.0 - beta2**t)) + eps)
+    return _out(p, {"exp_avg": m1, "exp_avg_sq": v, "exp_avg_slow": m2})

@@ -367,8 +367,8 @@ def test_pass_compiles_for_an_h100_with_correctly_rounded_operations_only():
     from adamkit import rules
 
     assert len(instructions) == sum(isinstance(value, rules.Rule) for value in vars(rules).values()) * 6
-    # SGD computes no division, square root or lerp; Adamax no square root; Rprop and ASGD neither.
-    required = {"sgd": (), "adamax": ("div", "fma"), "rprop": ("fma",), "asgd": ("fma",)}
+    # SGD computes no division, square root or lerp; Adamax no square root; Rprop, ASGD and Lion neither.
+    required = {"sgd": (), "adamax": ("div", "fma"), "rprop": ("fma",), "asgd": ("fma",), "lion": ("fma",)}
     for name, found in instructions.items():
         _assert_correctly_rounded(found, "f64" if "fp64" in name else "f32", required.get(name.split("-")[0], ("div", "sqrt", "fma")))
 

@@ -143,13 +143,19 @@ def test_fused_and_eager_kernels_store_the_same_bits(cls, kwargs, state_dtype, m
 def test_low_precision_state_trains_close_to_fp32_state(cls, kwargs, state_dtype, bound):
     """After 20 steps at lr 0.01 the parameters stay within ``bound`` (relative to their
     largest magnitude) of where fp32 state takes them. Measured: bf16 3e-5 (Adagrad) to
-    1.7e-3 (SGD with momentum 0.9, whose buffer sums 10 gradients), int8 3.4e-4 to 1.5e-2."""
+    1.7e-3 (SGD with momentum 0.9, whose buffer sums 10 gradients), int8 3.4e-4 to 1.5e-2.
+    Lion moves every weight by +-lr, so a rounding that flips a sign moves that weight
+    2 lr the other way: it is bounded normwise (measured 1.8e-3 bf16, 3.8e-3 int8, with
+    0.8% and 3.3% of the weights differing)."""
     reference = _params()
     _run(cls, kwargs, reference, steps=20, state_dtype="fp32")
     params = _params()
     _run(cls, kwargs, params, steps=20, state_dtype=state_dtype)
     for p, q in zip(reference, params):
-        assert (p - q).abs().max() < bound * max(1.0, p.abs().max().item())
+        if cls is adamkit.Lion:
+            assert (p - q).norm() < bound * p.norm()
+        else:
+            assert (p - q).abs().max() < bound * max(1.0, p.abs().max().item())
 
 
 @pytest.mark.parametrize("state_dtype", LOW)

@@ -6,20 +6,24 @@
 """
 
 from adamkit.optimizers import (
-    ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop, Rprop, Yogi, warmup,
+    ADOPT, ASGD, SGD, Adadelta, Adagrad, AdEMAMix, Adam, Adamax, AdamW, Lion, NAdam, RAdam, RMSprop, Rprop, Yogi,
+    warmup,
 )
 from adamkit.safety import CheckpointError, freeze, load_checkpoint, param_groups, save_checkpoint, unfreeze
 from adamkit.trace import trace
 
 __all__ = [
+    "ADOPT",
     "ASGD",
     "SGD",
     "Adadelta",
     "Adagrad",
+    "AdEMAMix",
     "Adam",
     "AdamW",
     "Adamax",
     "CheckpointError",
+    "Lion",
     "NAdam",
     "RAdam",
     "RMSprop",

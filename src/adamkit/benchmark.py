@@ -5,8 +5,9 @@ A figure is the median of repeated steps after warm-up; every ratio compares two
 optimizers timed in the same run, taking turns. On the CPU each step is timed alone;
 on a GPU a round of ``repeats`` steps runs back to back (steady state: the host queues
 work while the device runs it) between two CUDA events. The limit is the machine's
-measured stream bandwidth for the bytes a step must move (param, grad and two state
-tensors read; param and state written: 7 elements per parameter, 5 for ASGD's one state tensor).
+measured stream bandwidth for the bytes Adam's step must move (param, grad and two state
+tensors read; param and state written: 7 elements per parameter); the GB/s of a result
+count the algorithm's own state tensors (one for ASGD and Lion, three for AdEMAMix).
 
     >>> shape = parse_shape("3x1000")
     >>> shape.tensors, shape.elements, shape.label
@@ -32,9 +33,9 @@ import adamkit
 
 ELEMENTS_MOVED_PER_PARAM = 7
 DEFAULT_SHAPES = ("4x4194304", "4x16777216", "2000x4096")
-DEFAULT_IMPLEMENTATIONS = ("adamkit", "torch for-loop", "torch foreach", "torch fused")
-# The algorithms timed: adamkit's class and torch's; all but ASGD (one: 5 elements) keep two state tensors per parameter.
-ALGORITHMS: dict[str, tuple[type, type]] = {
+DEFAULT_IMPLEMENTATIONS = ("adamkit", "torch for-loop", "torch foreach", "torch fused", "reference package")
+# The algorithms timed: adamkit's class and torch's (None where torch has none).
+ALGORITHMS: dict[str, tuple[type, type | None]] = {
     "adam": (adamkit.Adam, torch.optim.Adam),
     "adamw": (adamkit.AdamW, torch.optim.AdamW),
     "adamax": (adamkit.Adamax, torch.optim.Adamax),
@@ -43,6 +44,16 @@ ALGORITHMS: dict[str, tuple[type, type]] = {
     "adadelta": (adamkit.Adadelta, torch.optim.Adadelta),
     "rprop": (adamkit.Rprop, torch.optim.Rprop),
     "asgd": (adamkit.ASGD, torch.optim.ASGD),
+    "lion": (adamkit.Lion, None),
+    "adopt": (adamkit.ADOPT, None),
+    "ademamix": (adamkit.AdEMAMix, None),
+}
+# Where torch has no class: the package people use instead (module, class, the
+# arguments that give adamkit's defaults), timed as "reference package" when installed.
+REFERENCE_PACKAGES: dict[str, tuple[str, str, dict]] = {
+    "lion": ("lion_pytorch", "Lion", {}),
+    "adopt": ("pytorch_optimizer", "ADOPT", {}),
+    "ademamix": ("pytorch_optimizer", "AdEMAMix", {"alpha": 2.0, "weight_decouple": True}),
 }
 # name -> (params, adamkit's class, torch's class) -> optimizer
 IMPLEMENTATIONS: dict[str, Callable] = {
@@ -56,16 +67,30 @@ IMPLEMENTATIONS: dict[str, Callable] = {
 }
 
 
+def state_tensors(algorithm: str) -> int:
+    """How many state tensors per parameter ``algorithm`` keeps by default (each read and written once a step).
+
+    >>> state_tensors("adam"), state_tensors("lion"), state_tensors("ademamix")
+    (2, 1, 3)
+    """
+    optimizer = ALGORITHMS[algorithm][0]([torch.nn.Parameter(torch.zeros(1))])
+    return len(optimizer.state_fills(optimizer.param_groups[0]))
+
+
 def available(implementation: str, algorithm: str) -> bool:
     """Whether ``implementation`` exists for ``algorithm``: torch has fused kernels for
-    Adam and AdamW only, the 8-bit peers implement Adam.
+    Adam and AdamW only, the 8-bit peers implement Adam, torch has no Lion.
 
-    >>> available("torch fused", "nadam"), available("torch foreach", "nadam")
-    (False, True)
+    >>> available("torch fused", "nadam"), available("torch foreach", "nadam"), available("torch foreach", "lion")
+    (False, True, False)
     """
     if implementation in PEER_IMPLEMENTATIONS:
         return algorithm == "adam"
-    return implementation != "torch fused" or algorithm in ("adam", "adamw")
+    if implementation == "reference package":
+        return algorithm in REFERENCE_PACKAGES
+    if implementation.startswith("torch"):
+        return ALGORITHMS[algorithm][1] is not None and (implementation != "torch fused" or algorithm in ("adam", "adamw"))
+    return True
 
 STATE_DTYPE_IMPLEMENTATIONS = {name: f"adamkit {name} state" for name in ("fp32", "bf16", "int8")}
 
@@ -74,6 +99,12 @@ def _torchao_adamw8bit(params, ours, theirs):
     from torchao.optim import AdamW8bit
 
     return AdamW8bit(params, lr=1e-3, weight_decay=0.0)  # Adam's arithmetic: no decay
+
+
+def _reference_package(params, ours):
+    name = next(name for name, (cls, _) in ALGORITHMS.items() if cls is ours)
+    module, cls, arguments = REFERENCE_PACKAGES[name]
+    return getattr(importlib.import_module(module), cls)(params, lr=1e-3, **arguments)
 
 
 def _bitsandbytes_adam8bit(params, ours, theirs):
@@ -86,6 +117,7 @@ def _bitsandbytes_adam8bit(params, ours, theirs):
 # int8 state), timed when their package is installed; the package each needs.
 PEER_IMPLEMENTATIONS = {"torchao AdamW8bit": "torchao", "bnb Adam8bit": "bitsandbytes"}
 IMPLEMENTATIONS["torchao AdamW8bit"] = _torchao_adamw8bit
+IMPLEMENTATIONS["reference package"] = lambda params, ours, theirs: _reference_package(params, ours)
 IMPLEMENTATIONS["bnb Adam8bit"] = _bitsandbytes_adam8bit
 
 # Bytes per state value where it is not the parameters' dtype (int8: a byte and a
@@ -96,9 +128,11 @@ STATE_BYTES = {
 }
 
 
-def missing_packages(implementations: list[str]) -> list[str]:
-    """The packages that ``implementations`` need and this environment lacks."""
+def missing_packages(implementations: list[str], algorithm: str = "adam") -> list[str]:
+    """The packages that ``implementations`` of ``algorithm`` need and this environment lacks."""
     needed = [PEER_IMPLEMENTATIONS[name] for name in implementations if name in PEER_IMPLEMENTATIONS]
+    if "reference package" in implementations and algorithm in REFERENCE_PACKAGES:
+        needed.append(REFERENCE_PACKAGES[algorithm][0])
     return [package for package in needed if importlib.util.find_spec(package) is None]
 
 
@@ -262,9 +296,9 @@ def run(
         times = time_steps(implementations, shape, dtype, repeats, warmup, device, algorithm)
         checks = times.pop("adamkit checks", None)
         for name, ms in times.items():
-            # param, grad read and param written; m and v read and written
+            # param, grad read and param written; each state tensor read and written
             state_size = STATE_BYTES.get(name, element_size)
-            moved = (3 * element_size + 4 * state_size) * shape.params
+            moved = (3 * element_size + 2 * state_tensors(algorithm) * state_size) * shape.params
             result = Result(shape.label, str(dtype).removeprefix("torch."), name, ms, moved / ms / 1e6)
             if name == "adamkit":
                 result.checks_ms = checks

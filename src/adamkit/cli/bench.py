@@ -23,8 +23,8 @@ def register(subparsers) -> None:
     parser.add_argument("--sizes", nargs="+", default=list(benchmark.DEFAULT_SHAPES), metavar="NxM",
                         help="shapes to time, N tensors of M elements (default: %(default)s)")
     parser.add_argument("--optimizer", choices=list(benchmark.ALGORITHMS), default="adam",
-                        help="the algorithm to time, adamkit's against torch.optim's (default: %(default)s; "
-                        "torch has fused kernels for adam and adamw only)")
+                        help="the algorithm to time, adamkit's against torch.optim's or, where torch has none, "
+                        "its reference package's (default: %(default)s; torch has fused kernels for adam and adamw only)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N for a GPU")
     parser.add_argument("--threads", type=positive_int, default=None,
@@ -60,10 +60,11 @@ def run(args: argparse.Namespace) -> None:
     if unavailable and args.implementations != list(benchmark.DEFAULT_IMPLEMENTATIONS):
         raise CommandError(f"{', '.join(map(repr, unavailable))} has no {args.optimizer}; leave it out")
     implementations = [name for name in implementations if name not in unavailable]
-    missing = benchmark.missing_packages(implementations)
+    missing = benchmark.missing_packages(implementations, args.optimizer)
     if missing:
-        raise CommandError(f"timing {', '.join(n for n in implementations if n in benchmark.PEER_IMPLEMENTATIONS)} "
-                           f"needs {', '.join(missing)}, not installed here; pip install {' '.join(missing)}, or leave it out")
+        packaged = [n for n in implementations if n in benchmark.PEER_IMPLEMENTATIONS or n == "reference package"]
+        raise CommandError(f"timing {', '.join(packaged)} needs {', '.join(missing)}, not installed here; "
+                           f"pip install {' '.join(p.replace('_', '-') for p in missing)}, or leave it out")
     dtype = DTYPES[args.dtype]
     bandwidth = benchmark.stream_bandwidth(max(s.params for s in shapes), device=args.device)
     results = benchmark.run(shapes, dtype, implementations, args.repeats, args.warmup, args.device, args.optimizer)

@@ -4,8 +4,11 @@ from adamkit.optimizers.adadelta import Adadelta
 from adamkit.optimizers.adagrad import Adagrad
 from adamkit.optimizers.adam import Adam, AdamW
 from adamkit.optimizers.adamax import Adamax
+from adamkit.optimizers.ademamix import AdEMAMix
+from adamkit.optimizers.adopt import ADOPT
 from adamkit.optimizers.asgd import ASGD
 from adamkit.optimizers.base import RuleOptimizer
+from adamkit.optimizers.lion import Lion
 from adamkit.optimizers.nadam import NAdam
 from adamkit.optimizers.radam import RAdam
 from adamkit.optimizers.dispatch import warmup
@@ -14,4 +17,4 @@ from adamkit.optimizers.rprop import Rprop
 from adamkit.optimizers.sgd import SGD
 from adamkit.optimizers.yogi import Yogi
 
-__all__ = ["ASGD", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "Rprop", "RuleOptimizer", "SGD", "Yogi", "warmup"]
+__all__ = ["ADOPT", "ASGD", "AdEMAMix", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "Lion", "NAdam", "RAdam", "RMSprop", "Rprop", "RuleOptimizer", "SGD", "Yogi", "warmup"]

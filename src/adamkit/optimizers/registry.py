@@ -7,7 +7,9 @@ from collections.abc import Callable, Iterable
 import torch
 from torch.optim import Optimizer
 
-from adamkit.optimizers import ASGD, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, NAdam, RAdam, RMSprop, Rprop, Yogi
+from adamkit.optimizers import (
+    ADOPT, ASGD, SGD, Adadelta, Adagrad, AdEMAMix, Adam, Adamax, AdamW, Lion, NAdam, RAdam, RMSprop, Rprop, Yogi,
+)
 
 _FACTORIES: dict[str, Callable[..., Optimizer]] = {
     "adam": Adam,
@@ -23,6 +25,9 @@ _FACTORIES: dict[str, Callable[..., Optimizer]] = {
     "adadelta": Adadelta,
     "rprop": Rprop,
     "asgd": ASGD,
+    "lion": Lion,
+    "adopt": ADOPT,
+    "ademamix": AdEMAMix,
     "torch-adam": torch.optim.Adam,
 }
 

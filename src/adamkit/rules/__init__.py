@@ -14,7 +14,10 @@ from adamkit.rules.adadelta import adadelta
 from adamkit.rules.adagrad import adagrad
 from adamkit.rules.adam import adam, bias_corrections
 from adamkit.rules.adamax import adamax
+from adamkit.rules.ademamix import ademamix
+from adamkit.rules.adopt import adopt
 from adamkit.rules.asgd import asgd
+from adamkit.rules.lion import lion
 from adamkit.rules.nadam import nadam
 from adamkit.rules.radam import radam
 from adamkit.rules.rmsprop import rmsprop
@@ -35,10 +38,13 @@ __all__ = [
     "adagrad",
     "adam",
     "adamax",
+    "ademamix",
+    "adopt",
     "asgd",
     "bias_corrections",
     "bind",
     "decay_coefficients",
+    "lion",
     "maximize_and_weight_decay",
     "nadam",
     "radam",

@@ -23,10 +23,12 @@ from typing import NamedTuple
 
 
 class ScalarMath(NamedTuple):
-    """The two operations coefficients need beyond + - * /."""
+    """The operations coefficients need beyond + - * /."""
 
     power: Callable[[float, float], float]
     sqrt: Callable[[float], float]
+    exp: Callable[[float], float] = math.exp
+    log: Callable[[float], float] = math.log
 
 
 def _python_sqrt(x: float) -> float:
@@ -123,26 +125,49 @@ def correctly_rounded_power(base: float, exponent: float) -> float:
 
 
 def _decimal_power(base: float, exponent: float) -> float:
-    """``base ** exponent`` for a real exponent, rounded once: computed in decimal with
-    40 and then 80 significant digits (each almost always correctly rounded, so within
-    a unit of their last digit), until the result is far enough from the midpoint of two
-    doubles that converting it cannot round the wrong way. Negative bases, zero and
-    results outside the doubles' normal range are left to Python's ``**``."""
+    """``base ** exponent`` for a real exponent, rounded once (``_rounded_once``).
+    Negative bases, zero and huge exponents are left to Python's ``**``."""
     if base <= 0 or not 0 < abs(exponent) < 1e6:
         return base**exponent
+    return _rounded_once(lambda: decimal.Decimal(base) ** decimal.Decimal(exponent), lambda: base**exponent)
+
+
+@lru_cache(maxsize=4096)
+def correctly_rounded_exp(x: float) -> float:
+    """``e ** x`` rounded once (``_rounded_once``)."""
+    if not abs(x) < 700:
+        return math.exp(x)
+    return _rounded_once(lambda: decimal.Decimal(x).exp(), lambda: math.exp(x))
+
+
+@lru_cache(maxsize=4096)
+def correctly_rounded_log(x: float) -> float:
+    """The natural logarithm of ``x`` rounded once (``_rounded_once``); exact at 1."""
+    if not 0 < x < math.inf or x == 1:
+        return math.log(x)
+    return _rounded_once(lambda: decimal.Decimal(x).ln(), lambda: math.log(x))
+
+
+def _rounded_once(value: Callable[[], decimal.Decimal], fallback: Callable[[], float]) -> float:
+    """``value()`` computed in decimal with 40 and then 80 significant digits (each
+    almost always correctly rounded, so within a unit of their last digit), until the
+    result is far enough from the midpoint of two doubles that converting it cannot
+    round the wrong way. Results outside the doubles' normal range are left to
+    ``fallback`` (Python's own operation)."""
     for digits in (40, 80):
         with decimal.localcontext(decimal.Context(prec=digits, Emax=10**6, Emin=-(10**6))):
-            value = decimal.Decimal(base) ** decimal.Decimal(exponent)
-            rounded = float(value)
-            if not 2.2250738585072014e-308 <= rounded < math.inf:
-                return base**exponent
-            midpoint = decimal.Decimal(rounded) + (decimal.Decimal(math.nextafter(rounded, math.inf)) - decimal.Decimal(rounded)) / 2
-            below = decimal.Decimal(rounded) - (decimal.Decimal(rounded) - decimal.Decimal(math.nextafter(rounded, 0))) / 2
-            margin = value.copy_abs() * decimal.Decimal(10) ** (2 - digits)
-            if abs(value - midpoint) > margin and abs(value - below) > margin:
+            exact = value()
+            rounded = float(exact)
+            if not 2.2250738585072014e-308 <= abs(rounded) < math.inf:
+                return fallback()
+            magnitude = abs(rounded)
+            above = decimal.Decimal(magnitude) + (decimal.Decimal(math.nextafter(magnitude, math.inf)) - decimal.Decimal(magnitude)) / 2
+            below = decimal.Decimal(magnitude) - (decimal.Decimal(magnitude) - decimal.Decimal(math.nextafter(magnitude, 0))) / 2
+            margin = exact.copy_abs() * decimal.Decimal(10) ** (2 - digits)
+            if abs(exact.copy_abs() - above) > margin and abs(exact.copy_abs() - below) > margin:
                 return rounded
-    raise ArithmeticError(f"cannot round {base!r} ** {exponent!r} once")  # a power of a double this close to a midpoint is not known
+    raise ArithmeticError("cannot round the value once")  # this close to a midpoint of two doubles is not known
 
 
 TORCH = ScalarMath(operator.pow, _python_sqrt)
-EXACT = ScalarMath(correctly_rounded_power, math.sqrt)
+EXACT = ScalarMath(correctly_rounded_power, math.sqrt, correctly_rounded_exp, correctly_rounded_log)
