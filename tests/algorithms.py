@@ -93,6 +93,9 @@ ALGORITHMS = [
               matrix(weight_decay=[0.0, 0.1], decoupled_weight_decay=[False, True], maximize=[False, True],
                      t_alpha_beta3=[None, 5]),
               dict(t_alpha_beta3=5, weight_decay=0.1)),
+    Algorithm(adamkit.ScheduleFreeAdamW, None,
+              matrix(weight_decay=[0.0, 0.1], maximize=[False, True], warmup_steps=[0, 3], r=[0.0, 0.5]),
+              dict(weight_decay=0.1, warmup_steps=3)),
 ]
 BY_NAME = {a.name: a for a in ALGORITHMS}
 WITH_TORCH = [a for a in ALGORITHMS if a.torch_cls is not None]

@@ -35,6 +35,7 @@ __all__ = [
     "lion_step",
     "adopt_step",
     "ademamix_step",
+    "schedule_free_adamw_step",
 ]
 
 
@@ -325,3 +326,26 @@ def ademamix_step(param, grad, state: dict, t: int, *, lr, beta1, beta2, beta3, 
     v = beta2 * _f64(state["exp_avg_sq"]) + (1.0 - beta2) * g * g
     p = p - lr * (m1 / (1.0 - beta1**t) + alpha * m2) / (np.sqrt(v / (1.0 - beta2**t)) + eps)
     return _out(p, {"exp_avg": m1, "exp_avg_sq": v, "exp_avg_slow": m2})
+
+
+def schedule_free_adamw_step(param, grad, state: dict, t: int, *, lr, beta1, beta2, eps, weight_decay=0.0,
+                             warmup_steps=0, r=0.0, weight_lr_power=2.0):
+    """Schedule-Free AdamW (Defazio et al., 2024, Algorithm 1) with x and z explicit; the
+    parameter is y = (1 - b1) z + b1 x, the gradient taken there. ``state`` holds x, z, v
+    and the running lr_max and weight sum (x = z = the parameter before step 1).
+    n = g / (sqrt(v / (1 - b2^t)) + eps) + wd y;  z -= lr_t n;
+    c = w_t / sum w;  x = (1 - c) x + c z;  w_t = t^r lr_max^p, lr_t warmed up over warmup_steps."""
+    y, g = _f64(param), _f64(grad)
+    x = _f64(state["x"]) if "x" in state else y.copy()
+    z = _f64(state["z"]) if "z" in state else y.copy()
+    lr_t = lr * min(1.0, t / warmup_steps) if warmup_steps else lr
+    lr_max = max(lr_t, float(state.get("lr_max", -1.0)))
+    weight = t**r * lr_max**weight_lr_power
+    weight_sum = float(state.get("weight_sum", 0.0)) + weight
+    v = beta2 * _f64(state.get("exp_avg_sq", np.zeros_like(y))) + (1.0 - beta2) * g * g
+    n = g / (np.sqrt(v / (1.0 - beta2**t)) + eps) + weight_decay * y
+    z = z - lr_t * n
+    c = weight / weight_sum
+    x = (1.0 - c) * x + c * z
+    y = (1.0 - beta1) * z + beta1 * x
+    return _out(y, {"x": x, "z": z, "exp_avg_sq": v, "lr_max": lr_max, "weight_sum": weight_sum})

@@ -9,6 +9,7 @@ adamkit's own float64 result than the package's float32 run is.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from collections.abc import Callable
 
@@ -22,6 +23,7 @@ from parity import KERNELS
 
 lion_pytorch = pytest.importorskip("lion_pytorch")
 pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
+schedulefree = pytest.importorskip("schedulefree")
 
 STEPS = 100
 
@@ -31,7 +33,12 @@ class Reference:
     ours: Callable  # params -> adamkit optimizer
     package: Callable  # params -> the package's optimizer, given the same hyperparameters
     paper: Callable  # (param, grad, state, t) -> (param, state), float64 NumPy
-    slots: tuple[str, ...]
+    slots: tuple[str, ...]  # the paper's state, zeros before step 1 (Schedule-Free starts it itself)
+
+
+def _in_train_mode(optimizer):
+    optimizer.train()  # schedulefree's optimizers start in eval mode
+    return optimizer
 
 
 def _paper(step, **kwargs):
@@ -78,6 +85,15 @@ CASES = {
                t_alpha_beta3=60, weight_decay=0.1, decoupled=False),
         ("exp_avg", "exp_avg_sq", "exp_avg_slow"),
     ),
+    # evaluated at x (eval()) after the steps; warm-up and r change the averaging weights
+    "schedulefree": Reference(
+        lambda p: adamkit.ScheduleFreeAdamW(p, lr=1e-2, weight_decay=0.1, warmup_steps=10, r=0.5),
+        lambda p: _in_train_mode(schedulefree.AdamWScheduleFree(p, lr=1e-2, weight_decay=0.1, warmup_steps=10, r=0.5,
+                                                                foreach=False)),
+        _paper(ref.schedule_free_adamw_step, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.1,
+               warmup_steps=10, r=0.5),
+        (),
+    ),
 }
 
 
@@ -99,6 +115,8 @@ def _run(make, dtype, steps=STEPS):
         for p in params:
             p.grad = _gradient(p.detach(), step)
         optimizer.step()
+    if hasattr(optimizer, "eval"):  # Schedule-Free: compare x, the point it is evaluated at
+        optimizer.eval()
     return [p.detach().double() for p in params], optimizer
 
 
@@ -121,6 +139,8 @@ def test_float64_matches_the_package_and_the_paper(name, kernel):
         for index, p in enumerate(params):
             params[index], states[index] = case.paper(p, _gradient(torch.from_numpy(p), step).numpy(), states[index],
                                                       step + 1)
+    if "x" in states[0]:  # Schedule-Free: the paper's x is what eval() shows
+        params = [state["x"] for state in states]
     assert _relative(ours, [torch.from_numpy(p) for p in params]) <= 1e-9
     assert optimizer.last_step_kernels == ({"eager": 3} if KERNELS[kernel] else {"fused_cpu": 3})
 
@@ -151,3 +171,38 @@ def test_lion_checkpoints_move_both_ways_with_lion_pytorch():
     assert all(sorted(state) == ["exp_avg"] for state in back.state_dict()["state"].values())
     assert torch.equal(back.state_dict()["state"][2]["exp_avg"], optimizer.state_dict()["state"][2]["exp_avg"])
     assert torch.equal(theirs.state[params[2]]["exp_avg"], optimizer.state_dict()["state"][2]["exp_avg"])
+
+
+@pytest.mark.parametrize("direction", ["schedulefree->adamkit", "adamkit->schedulefree"])
+def test_schedule_free_checkpoints_move_both_ways(direction):
+    """State (z, exp_avg_sq) and the group's k, lr_max, weight_sum and train_mode: a run
+    resumed in the other library continues on the same bits (for-loop kernel)."""
+    def ours(params):
+        return adamkit.ScheduleFreeAdamW(params, lr=1e-2, warmup_steps=3, weight_decay=0.1, foreach=False)
+
+    def theirs(params):
+        return _in_train_mode(schedulefree.AdamWScheduleFree(params, lr=1e-2, warmup_steps=3, weight_decay=0.1,
+                                                             foreach=False))
+
+    first, second = (theirs, ours) if direction == "schedulefree->adamkit" else (ours, theirs)
+    params = [torch.nn.Parameter(t) for t in _initial(torch.float32)]
+    resumed = [torch.nn.Parameter(t) for t in _initial(torch.float32)]
+    optimizer = first(params)
+    for step in range(5):
+        for p in params:
+            p.grad = _gradient(p.detach(), step)
+        optimizer.step()
+    with torch.no_grad():
+        for p, q in zip(params, resumed):
+            q.copy_(p)
+    other = second(resumed)
+    other.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # not sharing the state tensors
+    for step in range(5, 10):
+        for p, q in zip(params, resumed):
+            p.grad, q.grad = _gradient(p.detach(), step), _gradient(q.detach(), step)
+        optimizer.step()
+        other.step()
+    optimizer.eval()
+    other.eval()
+    assert all(torch.equal(p, q) for p, q in zip(params, resumed))
+    assert other.param_groups[0]["k"] == optimizer.param_groups[0]["k"] == 10

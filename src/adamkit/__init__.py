@@ -6,8 +6,8 @@
 """
 
 from adamkit.optimizers import (
-    ADOPT, ASGD, SGD, Adadelta, Adagrad, AdEMAMix, Adam, Adamax, AdamW, Lion, NAdam, RAdam, RMSprop, Rprop, Yogi,
-    warmup,
+    ADOPT, ASGD, SGD, Adadelta, Adagrad, AdEMAMix, Adam, Adamax, AdamW, Lion, NAdam, RAdam, RMSprop, Rprop,
+    ScheduleFreeAdamW, Yogi, warmup,
 )
 from adamkit.safety import CheckpointError, freeze, load_checkpoint, param_groups, save_checkpoint, unfreeze
 from adamkit.trace import trace
@@ -28,6 +28,7 @@ __all__ = [
     "RAdam",
     "RMSprop",
     "Rprop",
+    "ScheduleFreeAdamW",
     "Yogi",
     "freeze",
     "load_checkpoint",

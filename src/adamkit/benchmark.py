@@ -47,6 +47,7 @@ ALGORITHMS: dict[str, tuple[type, type | None]] = {
     "lion": (adamkit.Lion, None),
     "adopt": (adamkit.ADOPT, None),
     "ademamix": (adamkit.AdEMAMix, None),
+    "schedulefree": (adamkit.ScheduleFreeAdamW, None),
 }
 # Where torch has no class: the package people use instead (module, class, the
 # arguments that give adamkit's defaults), timed as "reference package" when installed.
@@ -54,6 +55,7 @@ REFERENCE_PACKAGES: dict[str, tuple[str, str, dict]] = {
     "lion": ("lion_pytorch", "Lion", {}),
     "adopt": ("pytorch_optimizer", "ADOPT", {}),
     "ademamix": ("pytorch_optimizer", "AdEMAMix", {"alpha": 2.0, "weight_decouple": True}),
+    "schedulefree": ("schedulefree", "AdamWScheduleFree", {}),
 }
 # name -> (params, adamkit's class, torch's class) -> optimizer
 IMPLEMENTATIONS: dict[str, Callable] = {
@@ -104,7 +106,10 @@ def _torchao_adamw8bit(params, ours, theirs):
 def _reference_package(params, ours):
     name = next(name for name, (cls, _) in ALGORITHMS.items() if cls is ours)
     module, cls, arguments = REFERENCE_PACKAGES[name]
-    return getattr(importlib.import_module(module), cls)(params, lr=1e-3, **arguments)
+    optimizer = getattr(importlib.import_module(module), cls)(params, lr=1e-3, **arguments)
+    if name == "schedulefree":
+        optimizer.train()  # schedulefree's optimizers start in eval mode
+    return optimizer
 
 
 def _bitsandbytes_adam8bit(params, ours, theirs):

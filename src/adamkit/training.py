@@ -75,9 +75,18 @@ def train(
     model = task.build_model(inputs, targets, generator)
     optimizer = make_optimizer(model.parameters())
 
+    # Schedule-Free optimizers train at y and are evaluated at x: they switch for each evaluation.
+    switches = callable(getattr(optimizer, "eval", None)) and callable(getattr(optimizer, "train", None))
+
     def loss_on_all_data() -> float:
-        with torch.no_grad():
-            return task.loss(model(inputs), targets).item()
+        if switches:
+            optimizer.eval()
+        try:
+            with torch.no_grad():
+                return task.loss(model(inputs), targets).item()
+        finally:
+            if switches:
+                optimizer.train()
 
     curve: list[tuple[float, float]] = []
     examples_seen = 0

@@ -95,7 +95,7 @@ def eager_step(
     sparse_update = rule.sparse_update
     if exact and sparse_update is not None:
         sparse_update = bind(sparse_update, EXACT_OPS)
-    decay = decay_coefficients(hp, decoupled=decoupled_weight_decay)
+    decay = decay_coefficients(hp, decoupled=decoupled_weight_decay, in_update=rule.decays_in_update)
     # Differentiable mode: autograd keeps the rule's inputs for backward, so the rule
     # must get copies of what the write-back below overwrites.
     tracked = torch.is_grad_enabled()
@@ -130,11 +130,12 @@ def eager_step(
         present = [name for name in rule.slots if name in state]
         state_made_here = set(rule.slots) - set(present)  # SGD's first momentum buffer
         tensors = [local, grad, *(local_tensor(state[name]) for name in present)]
-        # A step that creates state (SGD's first momentum step) runs whole: the new
-        # entry must be a full tensor, not chunks.
+        # A step that creates state (SGD's first momentum step, Schedule-Free's first z)
+        # runs whole: the new entry must be a full tensor, not chunks.
         chunked = (
             not tracked
             and present
+            and not state_made_here & set(rule.slots if spec is None else spec.fills)
             and not grad.is_sparse
             and local.is_cpu
             and local.numel() > CHUNK_ELEMENTS
@@ -175,10 +176,19 @@ def eager_step(
                     store.write(name, slot, value, views[name], offset, scales.get(name))
                 else:
                     store.create(name, slot, value, complex_as_real)
+                    _in_slot_order(state, rule.slots)
             offset += param_piece.numel()
         store.advance(step_count, step, scalar_state, coefficients)
         if state and param not in states:
             states[param] = state
+
+
+def _in_slot_order(state: MutableMapping[str, Tensor], slots: Sequence[str]) -> None:
+    """Put state entries in the rule's slot order, as the fused kernels allocate them (an
+    entry made on the first step is added last)."""
+    rank = {name: index for index, name in enumerate(slots)}
+    for key in sorted((k for k in state if k.removesuffix(SCALE_SUFFIX) in rank), key=lambda k: rank[k.removesuffix(SCALE_SUFFIX)]):
+        state[key] = state.pop(key)
 
 
 class _StateStore:
@@ -189,7 +199,7 @@ class _StateStore:
         self.state, self.param, self.spec = state, param, spec
         self.formatted = spec is not None and spec.state_dtype is not None
         self.compute_dtype = torch.float64 if param.dtype in (torch.float64, torch.complex128) else torch.float32
-        if self.formatted and spec.stochastic and spec.storage_dtype(param) is torch.bfloat16:
+        if self.formatted and spec.stochastic:  # used where a slot is stored in bf16
             self.rounding = (spec.seed, int(step if step is not None else spec.rounds), spec.tensor_ids.get(id(param), position))
         else:
             self.rounding = None
@@ -220,15 +230,16 @@ class _StateStore:
         param, spec = self.param, self.spec
         if self.formatted and value.is_sparse:  # made from a sparse gradient; formatted state is dense
             value = value.to_dense()
-        if self.formatted and spec.storage_dtype(param) is torch.int8:
+        storage = spec.storage_dtype(param, name) if self.formatted else None
+        if storage is torch.int8:
             codes, self.state[name + SCALE_SUFFIX] = quantize(value, like=local_tensor(param))
             self.state[name] = like_param(codes, param)
             return
-        if self.rounding is not None:
+        if self.rounding is not None and storage is torch.bfloat16:
             seed, round_, tensor = self.rounding
             value = stochastic_bfloat16(value, noise_key(seed, round_, tensor, slot), 0, slot, like=local_tensor(param))
         elif self.formatted:
-            value = value.to(spec.storage_dtype(param))
+            value = value.to(storage)
         if complex_as_real and torch.is_complex(param):
             value = torch.view_as_complex(value)
         self.state[name] = like_param(value, param)

@@ -65,7 +65,7 @@ class FusedCpuKernel(FusedKernel):
         dtype = storage_dtype(plan.dtype)
         like = _like(dtype)
         compute = COMPUTE_TYPES[dtype]
-        decay = _cast(decay_coefficients(hp, decoupled=decoupled_weight_decay), compute)
+        decay = _cast(decay_coefficients(hp, decoupled=decoupled_weight_decay, in_update=rule.decays_in_update), compute)
         if report_moved:
             watched = helper_loops().run("all_zero", (dtype,), grad_addresses, plan.elements, like)
         else:

@@ -213,7 +213,7 @@ class FusedCudaKernel(FusedKernel):
         tables.follow_grads(addresses[1])
         dtype = storage_dtype(plan.dtype)
         compute = torch.float64 if dtype is torch.float64 else torch.float32
-        decay = decay_coefficients(hp, decoupled=decoupled_weight_decay)
+        decay = decay_coefficients(hp, decoupled=decoupled_weight_decay, in_update=rule.decays_in_update)
         sets, advance = coefficient_sets(rule, plan, hp)
         loops = triton_loops_for(rule)
         slot_types = [None if dtype is None else _triton_dtype(dtype) for dtype in plan.slot_dtypes]

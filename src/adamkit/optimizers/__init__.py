@@ -14,7 +14,8 @@ from adamkit.optimizers.radam import RAdam
 from adamkit.optimizers.dispatch import warmup
 from adamkit.optimizers.rmsprop import RMSprop
 from adamkit.optimizers.rprop import Rprop
+from adamkit.optimizers.schedule_free import ScheduleFreeAdamW
 from adamkit.optimizers.sgd import SGD
 from adamkit.optimizers.yogi import Yogi
 
-__all__ = ["ADOPT", "ASGD", "AdEMAMix", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "Lion", "NAdam", "RAdam", "RMSprop", "Rprop", "RuleOptimizer", "SGD", "Yogi", "warmup"]
+__all__ = ["ADOPT", "ASGD", "AdEMAMix", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "Lion", "NAdam", "RAdam", "RMSprop", "Rprop", "RuleOptimizer", "SGD", "ScheduleFreeAdamW", "Yogi", "warmup"]

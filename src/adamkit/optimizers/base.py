@@ -200,6 +200,7 @@ class RuleOptimizer(Optimizer):
             fills=self.state_fills(group),
             step_dtype=scalar_dtype(group.get("fused")) if self.counts_steps else None,
             scalar_fills=self.scalar_fills(group),
+            wide_slots=frozenset(self.update_rule.full_precision_slots),
             state_dtype=group.get("state_dtype", self.state_dtype),
             min_elements=self.low_precision_min_elements,
             seed=self.state_seed,

@@ -49,6 +49,7 @@ class PreparedStep:
         self.launches: list[Launch] = []
         self.stepped: dict[str, int] = {}  # parameters each kernel steps
         self.created: list[Tensor] = []  # parameters whose state this step created
+        self.group_updates: list[tuple[dict, dict]] = []  # each group's own numbers after the step (Rule.group_step)
 
     def undo(self) -> None:
         """Remove the state this step created: the optimizer is as it was before it."""
@@ -61,6 +62,8 @@ class PreparedStep:
         optimizer = self.optimizer
         optimizer.rounds += 1
         optimizer.last_step_kernels = {kernel: count for kernel, count in self.stepped.items() if count}
+        for group, values in self.group_updates:
+            group.update(values)
         for launch in self.launches:
             moved = launch()
             # A shard's all-zero gradient is not the whole gradient: DTensors are watched apart.
@@ -78,6 +81,9 @@ def prepare_step(optimizer: RuleOptimizer, checks: GradientChecks) -> PreparedSt
         for group in optimizer.param_groups:
             hp = dict(group)
             hp["lr"] = squeeze_scalar(group["lr"])
+            if optimizer.update_rule.group_step is not None:
+                hp.update(values := optimizer.update_rule.group_step(hp))
+                prepared.group_updates.append((group, values))
             spec = optimizer.state_spec(group, rounds=rounds)
             if optimizer.uses_fused_kernel(group):
                 rest = _prepare_fused(optimizer, group, hp, spec, prepared)

@@ -8,7 +8,8 @@ import torch
 from torch.optim import Optimizer
 
 from adamkit.optimizers import (
-    ADOPT, ASGD, SGD, Adadelta, Adagrad, AdEMAMix, Adam, Adamax, AdamW, Lion, NAdam, RAdam, RMSprop, Rprop, Yogi,
+    ADOPT, ASGD, SGD, Adadelta, Adagrad, AdEMAMix, Adam, Adamax, AdamW, Lion, NAdam, RAdam, RMSprop, Rprop, ScheduleFreeAdamW,
+    Yogi,
 )
 
 _FACTORIES: dict[str, Callable[..., Optimizer]] = {
@@ -28,6 +29,7 @@ _FACTORIES: dict[str, Callable[..., Optimizer]] = {
     "lion": Lion,
     "adopt": ADOPT,
     "ademamix": AdEMAMix,
+    "schedulefree": ScheduleFreeAdamW,
     "torch-adam": torch.optim.Adam,
 }
 

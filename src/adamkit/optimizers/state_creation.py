@@ -22,8 +22,8 @@ def initial_state(param: Tensor, spec: StateSpec) -> dict[str, Tensor]:
     component at its fill (a complex one at ``fill + fill j``, as torch's Adagrad), in
     ``spec``'s storage format. A fill of None is state the rule makes on its first step."""
     state = {}
-    dtype = spec.storage_dtype(param)
     for name, fill in spec.fills.items():
+        dtype = spec.storage_dtype(param, name)
         if fill is not None and dtype is torch.int8:
             state[name] = torch.full_like(param, constant_codes(fill), dtype=dtype, memory_format=torch.preserve_format)
             blocks = blocks_of(local_tensor(param))  # a shard's blocks: each rank scales its own

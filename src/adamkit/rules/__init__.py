@@ -23,6 +23,7 @@ from adamkit.rules.radam import radam
 from adamkit.rules.rmsprop import rmsprop
 from adamkit.rules.rprop import rprop
 from adamkit.rules.rule import Rule, bind
+from adamkit.rules.schedule_free import schedule_free_adamw
 from adamkit.rules.scalars import EXACT, TORCH, ScalarMath
 from adamkit.rules.sgd import sgd
 from adamkit.rules.transforms import DecayCoefficients, decay_coefficients, maximize_and_weight_decay
@@ -50,6 +51,7 @@ __all__ = [
     "radam",
     "rmsprop",
     "rprop",
+    "schedule_free_adamw",
     "sgd",
     "yogi",
 ]

@@ -32,6 +32,15 @@ class Rule:
     (Adadelta's ``param.add_(delta, alpha=-lr)``), a product and a sum rounded apart,
     where a real ``add`` rounds once; the eager kernel's torch mode does the same.
 
+    ``group_step(hp)``, where present, returns the group's own numbers after this step
+    (Schedule-Free's step count and averaging weights, kept in the param group as its
+    reference implementation keeps them): ``coefficients`` sees them in ``hp``, and they
+    are written to the group once the step is made. ``decays_in_update``: the update
+    applies ``weight_decay`` itself (Schedule-Free, at ``y`` on the normalized
+    gradient), so the shared transform does not. ``full_precision_slots`` stay in fp32
+    (fp64) in every state format: Schedule-Free's ``z`` is an iterate the parameters are
+    interpolated from, not a moment, and bf16 or int8 would round the model itself.
+
     ``scalar_state`` names per-tensor numbers the rule keeps beside the step counter
     (NAdam's ``mu_product``), with their initial values: 0-dim tensors in the state, as
     ``step``. ``coefficients`` takes their current values as keyword arguments (0-dim
@@ -46,6 +55,9 @@ class Rule:
     sparse_update: Callable | None = None
     decays_real_view: bool = False
     complex_step_unfused: bool = False
+    group_step: Callable | None = None
+    decays_in_update: bool = False
+    full_precision_slots: tuple[str, ...] = ()
     scalar_state: tuple[tuple[str, float], ...] = ()
 
 

@@ -15,9 +15,10 @@ class DecayCoefficients(NamedTuple):
     decay_factor: Any
 
 
-def decay_coefficients(hp: Mapping, *, decoupled: bool) -> DecayCoefficients:
-    """The scalars of :func:`maximize_and_weight_decay` for a parameter group."""
-    weight_decay = hp.get("weight_decay", 0)  # Rprop has none
+def decay_coefficients(hp: Mapping, *, decoupled: bool, in_update: bool = False) -> DecayCoefficients:
+    """The scalars of :func:`maximize_and_weight_decay` for a parameter group; no decay
+    where the group has none (Rprop) or the rule applies it itself (``in_update``)."""
+    weight_decay = 0 if in_update else hp.get("weight_decay", 0)
     decay_factor = 1 - hp["lr"] * weight_decay if decoupled and weight_decay != 0 else 1.0
     return DecayCoefficients(bool(hp["maximize"]), decoupled, weight_decay, decay_factor)
 

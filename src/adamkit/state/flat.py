@@ -95,7 +95,7 @@ def allocate_flat_state(
     step_dtype: torch.dtype | None,
     scalar_fills: Mapping[str, float] | None = None,
     initial: Sequence[Mapping[str, Tensor]] | None = None,
-    storage: Callable[[Tensor], torch.dtype] | None = None,
+    storage: Callable[[Tensor, str], torch.dtype] | None = None,
 ) -> list[dict[str, Tensor]]:
     """New state for ``params`` (one device and dtype), each entry a view into a shared buffer.
 
@@ -103,8 +103,8 @@ def allocate_flat_state(
     complex parameter's state starts at ``fill + fill j``, as torch's Adagrad does);
     ``initial``, if given, holds existing per-parameter values to copy in instead (a
     loaded checkpoint: values rounded to nearest, or coded into int8; int8 state given
-    in its stored form, codes and ``.scale``, is copied as it is). ``storage`` gives
-    each parameter's state dtype (default: the parameter's own); int8 state gets its
+    in its stored form, codes and ``.scale``, is copied as it is). ``storage(param, name)``
+    gives each state tensor's dtype (default: the parameter's own); int8 state gets its
     block scales under ``<name>.scale``. With ``step_dtype``, each parameter also gets a 0-dim ``step``
     view into one buffer of step counts, as torch's 0-dim ``step`` tensors, and one
     for each of ``scalar_fills`` (a rule's scalar state: name and initial value). State
@@ -125,15 +125,15 @@ def allocate_flat_state(
                 if initial is not None and name in initial[index]:
                     numbers[index] = initial[index][name]
                 state[name] = numbers[index]
-    batches: dict[tuple, list[int]] = {}
-    for index, local in enumerate(locals_):
-        # The whole parameter chooses the format, so every rank stores its shard alike.
-        dtype = local.dtype if storage is None else storage(params[index])
-        batches.setdefault((local.device, dtype), []).append(index)
-    for (device, dtype), indices in batches.items():
-        sizes = [locals_[i].numel() for i in indices]
-        blocks = [formats.blocks_of(locals_[i]) for i in indices]
-        for name, fill in fills.items():
+    for name, fill in fills.items():
+        batches: dict[tuple, list[int]] = {}
+        for index, local in enumerate(locals_):
+            # The whole parameter chooses the format, so every rank stores its shard alike.
+            dtype = local.dtype if storage is None else storage(params[index], name)
+            batches.setdefault((local.device, dtype), []).append(index)
+        for (device, dtype), indices in batches.items():
+            sizes = [locals_[i].numel() for i in indices]
+            blocks = [formats.blocks_of(locals_[i]) for i in indices]
             coded = dtype is torch.int8
             buffer = torch.empty((sum(sizes),), dtype=dtype, device=device)
             (torch.view_as_real(buffer) if dtype.is_complex else buffer).fill_(formats.constant_codes(fill) if coded else fill)

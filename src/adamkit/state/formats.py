@@ -147,14 +147,15 @@ class StateSpec:
     tensor_ids: Mapping[int, int] = field(default_factory=dict)  # id(param) -> its index in the optimizer
     rounds: int = 0  # steps the optimizer has taken: the rounding's step for rules that count none
     scalar_fills: Mapping[str, float] = field(default_factory=dict)  # the rule's scalar state (Rule.scalar_state)
+    wide_slots: frozenset[str] = frozenset()  # kept in fp32 (fp64) whatever the format (Rule.full_precision_slots)
 
-    def storage_dtype(self, param: Tensor) -> torch.dtype:
-        """The dtype ``param``'s state tensors are stored in."""
+    def storage_dtype(self, param: Tensor, name: str | None = None) -> torch.dtype:
+        """The dtype ``param``'s state tensor ``name`` is stored in."""
         dtype = param.dtype
         if self.state_dtype is None or dtype.is_complex:
             return dtype
         wide = torch.float64 if dtype is torch.float64 else torch.float32
-        if self.state_dtype == "fp32" or param.numel() < self.min_elements:
+        if self.state_dtype == "fp32" or param.numel() < self.min_elements or name in self.wide_slots:
             return wide
         return torch.int8 if self.state_dtype == "int8" else torch.bfloat16
 
