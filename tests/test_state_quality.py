@@ -8,9 +8,12 @@ The default suite runs short versions; ``-m slow`` runs each task as long as
 ``adamkit compare`` does.
 """
 
+import functools
+
 import pytest
 
 import adamkit
+from adamkit.optimizers.registry import build_optimizer
 from adamkit.tasks import TASKS
 from adamkit.training import train
 
@@ -25,7 +28,11 @@ ALGORITHMS = {
     "rmsprop": lambda params, **options: adamkit.RMSprop(params, centered=True, **options),
     "adagrad": lambda params, **options: adamkit.Adagrad(params, **options),
     "sgd": lambda params, **options: adamkit.SGD(params, momentum=0.9, **options),
+    **{name: functools.partial(build_optimizer, name)
+       for name in ("adamax", "radam", "nadam", "adadelta", "rprop", "asgd", "lion", "adopt", "ademamix", "schedulefree")},
 }
+# ASGD's only state, ax, is the running average it reports; the steps never read it.
+OUTPUT_ONLY_STATE = {"asgd"}
 MOMENTUM_SGD_RATES = {"airfoil": 0.005, "digits": 0.03, "chars": 0.03}
 
 
@@ -40,11 +47,12 @@ def final_losses(task: str, algorithm: str, epochs: int) -> dict[str, float]:
     return losses
 
 
-def check_within_tolerance(losses: dict[str, float]) -> None:
+def check_within_tolerance(losses: dict[str, float], algorithm: str) -> None:
     for state_dtype, tolerance in TOLERANCE.items():
         change = losses[state_dtype] / losses["fp32"] - 1
         assert abs(change) <= tolerance, f"{state_dtype}: {change:+.2%} from fp32 ({losses})"
-    assert losses["int8"] != losses["fp32"]  # the state really went through the int8 format
+    if losses["int8"] == losses["fp32"]:  # the state really went through the int8 format ...
+        assert algorithm in OUTPUT_ONLY_STATE  # ... unless the state never feeds the update
 
 
 # Each algorithm compiles its own bf16 and int8 passes: three in the default run
@@ -56,17 +64,17 @@ DEFAULT_RUN = ("adam", "sgd", "adagrad")
     "algorithm", [pytest.param(a, marks=() if a in DEFAULT_RUN else pytest.mark.slow) for a in ALGORITHMS]
 )
 def test_every_algorithm_trains_the_airfoil_model_as_with_fp32_state(algorithm):
-    check_within_tolerance(final_losses("airfoil", algorithm, epochs=2))
+    check_within_tolerance(final_losses("airfoil", algorithm, epochs=2), algorithm)
 
 
 @pytest.mark.parametrize("task, epochs", [("digits", 5), ("chars", 1)])
 def test_adam_trains_the_classifier_and_the_transformer_as_with_fp32_state(task, epochs):
-    check_within_tolerance(final_losses(task, "adam", epochs))
+    check_within_tolerance(final_losses(task, "adam", epochs), "adam")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("task", ["digits", "chars"])
 def test_full_length_runs_train_as_with_fp32_state(task, algorithm):
-    check_within_tolerance(final_losses(task, algorithm, TASKS[task].epochs))
+    check_within_tolerance(final_losses(task, algorithm, TASKS[task].epochs), algorithm)
 
