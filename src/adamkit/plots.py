@@ -52,7 +52,8 @@ def plot_loss_curves(
     ...     Path(folder, "c.png").read_bytes()[:4]
     b'\\x89PNG'
     """
-    figure = Figure(figsize=(8, 5))
+    many = len(curves) > 8  # the legend would hide the curves: it goes beside the plot
+    figure = Figure(figsize=(10.5 if many else 8, 5))
     axes = figure.subplots()
     for number, (label, (x, losses)) in enumerate(curves.items()):
         axes.plot(x, losses, label=label, linewidth=1.8, linestyle=LINE_STYLES[number % len(LINE_STYLES)])
@@ -64,7 +65,10 @@ def plot_loss_curves(
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend()
+    if many:
+        axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    else:
+        axes.legend()
     _set_title(axes, title)
     _save(figure, path)
 
