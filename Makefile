@@ -19,11 +19,13 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/adamkit train
 
+# One pytest worker per core (pytest-xdist), a test file per worker at a time: the
+# suite is mostly compiling and stepping, both single-threaded per process.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -m "slow or not slow"
+	$(BIN)/python -m pytest -q -n auto --dist loadfile -m "slow or not slow"
 
 clean:
 	rm -rf $(VENV) adamkit-out .pytest_cache

@@ -187,7 +187,8 @@ def _in_slot_order(state: MutableMapping[str, Tensor], slots: Sequence[str]) -> 
     """Put state entries in the rule's slot order, as the fused kernels allocate them (an
     entry made on the first step is added last)."""
     rank = {name: index for index, name in enumerate(slots)}
-    for key in sorted((k for k in state if k.removesuffix(SCALE_SUFFIX) in rank), key=lambda k: rank[k.removesuffix(SCALE_SUFFIX)]):
+    entries = [key for key in state if key.removesuffix(SCALE_SUFFIX) in rank]
+    for key in sorted(entries, key=lambda key: rank[key.removesuffix(SCALE_SUFFIX)]):
         state[key] = state.pop(key)
 
 
