@@ -128,8 +128,7 @@ def _relative(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 @pytest.mark.parametrize("name", list(CASES))
 def test_float64_matches_the_package_and_the_paper(name, kernel):
     case = CASES[name]
-    ours, optimizer = _run(lambda p: case.ours(p) if not KERNELS[kernel] else _with(case.ours(p), KERNELS[kernel]),
-                           torch.float64)
+    ours, optimizer = _run(lambda p: _with(case.ours(p), KERNELS[kernel]), torch.float64)
     theirs, _ = _run(case.package, torch.float64)
     assert _relative(ours, theirs) <= 1e-9
 
@@ -146,6 +145,7 @@ def test_float64_matches_the_package_and_the_paper(name, kernel):
 
 
 def _with(optimizer, options):
+    """``optimizer`` with ``options`` (a kernel's, from parity.KERNELS) set in every group."""
     for group in optimizer.param_groups:
         group.update(options)
     return optimizer

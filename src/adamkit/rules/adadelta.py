@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from torch import Tensor, is_tensor
+from torch import Tensor
 
 from adamkit.rules import ops
 from adamkit.rules.rule import Rule
-from adamkit.rules.scalars import TORCH, ScalarMath
+from adamkit.rules.scalars import TORCH, ScalarMath, as_number
 
 
 class AdadeltaCoefficients(NamedTuple):
@@ -24,7 +24,7 @@ def adadelta_coefficients(
     hp: Mapping, step: float | Tensor, fresh: bool = False, scalars: ScalarMath = TORCH
 ) -> AdadeltaCoefficients:
     """torch passes ``-lr`` as ``add``'s ``alpha``, a number even when ``lr`` is a tensor."""
-    lr = hp["lr"].item() if is_tensor(hp["lr"]) else hp["lr"]
+    lr = as_number(hp["lr"])
     return AdadeltaCoefficients(hp["rho"], 1 - hp["rho"], hp["eps"], -lr)
 
 

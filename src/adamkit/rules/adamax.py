@@ -9,7 +9,7 @@ from torch import Tensor, is_tensor
 
 from adamkit.rules import ops
 from adamkit.rules.rule import Rule
-from adamkit.rules.scalars import TORCH, ScalarMath
+from adamkit.rules.scalars import TORCH, ScalarMath, as_number
 
 
 class AdamaxCoefficients(NamedTuple):
@@ -29,7 +29,7 @@ def adamax_coefficients(
     beta1, beta2 = hp["betas"]
     if is_tensor(step) and hp.get("capturable"):
         return AdamaxCoefficients(1 - beta1, beta2, hp["eps"], (beta1**step - 1) / hp["lr"], 1)
-    step = step.item() if is_tensor(step) else step
+    step = as_number(step)
     return AdamaxCoefficients(1 - beta1, beta2, hp["eps"], 1, -(hp["lr"] / (1 - scalars.power(beta1, step))))
 
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from torch import Tensor, is_tensor
+from torch import Tensor
 
 from adamkit.rules import ops
 from adamkit.rules.rule import Rule
-from adamkit.rules.scalars import TORCH, ScalarMath
+from adamkit.rules.scalars import TORCH, ScalarMath, as_number
 
 
 class AdEMAMixCoefficients(NamedTuple):
@@ -49,8 +49,8 @@ def ademamix_coefficients(
     hp: Mapping, step: float | Tensor, fresh: bool = False, scalars: ScalarMath = TORCH
 ) -> AdEMAMixCoefficients:
     beta1, beta2, _ = hp["betas"]
-    step = step.item() if is_tensor(step) else step
-    lr = hp["lr"].item() if is_tensor(hp["lr"]) else hp["lr"]
+    step = as_number(step)
+    lr = as_number(hp["lr"])
     alpha, beta3 = ademamix_schedules(hp, step, scalars)
     return AdEMAMixCoefficients(
         1 - beta1, beta2, 1 - beta2, 1 - beta3, alpha, 1 - scalars.power(beta1, step),

@@ -8,11 +8,11 @@ import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from torch import Tensor, is_tensor
+from torch import Tensor
 
 from adamkit.rules import ops
 from adamkit.rules.rule import Rule
-from adamkit.rules.scalars import TORCH, ScalarMath
+from adamkit.rules.scalars import TORCH, ScalarMath, as_number
 
 
 class ADOPTCoefficients(NamedTuple):
@@ -30,8 +30,8 @@ def adopt_coefficients(
     hp: Mapping, step: float | Tensor, fresh: bool = False, scalars: ScalarMath = TORCH
 ) -> ADOPTCoefficients:
     beta1, beta2 = hp["betas"]
-    step = step.item() if is_tensor(step) else step
-    lr = hp["lr"].item() if is_tensor(hp["lr"]) else hp["lr"]
+    step = as_number(step)
+    lr = as_number(hp["lr"])
     exponent = hp["clip_exponent"]
     clip = math.inf if exponent is None else scalars.power(step, exponent)
     return ADOPTCoefficients(step == 1, 1 - beta1, beta2, 1 - beta2, hp["eps"], clip, -lr, math.inf)

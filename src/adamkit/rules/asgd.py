@@ -11,7 +11,7 @@ from torch import Tensor, is_tensor
 
 from adamkit.rules import ops
 from adamkit.rules.rule import Rule
-from adamkit.rules.scalars import TORCH, ScalarMath
+from adamkit.rules.scalars import TORCH, ScalarMath, as_number
 
 
 class ASGDCoefficients(NamedTuple):
@@ -36,7 +36,7 @@ def asgd_coefficients(
         next_eta = lr / ((1 + lambd * lr * step) ** alpha)
         next_mu = 1 / torch.maximum(step - t0, torch.ones_like(step))
         return ASGDCoefficients(1 - lambd * eta, -eta, mu, True, next_eta, next_mu)
-    step = step.item() if is_tensor(step) else step
+    step = as_number(step)
     eta_value = eta.item()
     power = (lambda base, exponent: base**exponent) if is_tensor(lr) else scalars.power
     next_eta = torch.as_tensor(lr / power(1 + lambd * lr * step, alpha))

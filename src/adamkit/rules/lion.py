@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from torch import Tensor, is_tensor
+from torch import Tensor
 
 from adamkit.rules import ops
 from adamkit.rules.rule import Rule
-from adamkit.rules.scalars import TORCH, ScalarMath
+from adamkit.rules.scalars import TORCH, ScalarMath, as_number
 
 
 class LionCoefficients(NamedTuple):
@@ -25,7 +25,7 @@ def lion_coefficients(
     hp: Mapping, step: float | Tensor | None, fresh: bool = False, scalars: ScalarMath = TORCH
 ) -> LionCoefficients:
     beta1, beta2 = hp["betas"]
-    lr = hp["lr"].item() if is_tensor(hp["lr"]) else hp["lr"]
+    lr = as_number(hp["lr"])
     return LionCoefficients(beta1, 1 - beta1, beta2, 1 - beta2, -lr)
 
 

@@ -19,7 +19,20 @@ import operator
 from collections.abc import Callable
 from fractions import Fraction
 from functools import lru_cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+from torch import is_tensor
+
+
+def as_number(value: Any) -> Any:
+    """A tensor hyperparameter or step count as a Python number, as torch reads it where
+    it takes a number (``add``'s ``alpha``, its non-capturable steps); numbers unchanged.
+
+    >>> import torch
+    >>> as_number(torch.tensor(0.5)), as_number(2.0)
+    (0.5, 2.0)
+    """
+    return value.item() if is_tensor(value) else value
 
 
 class ScalarMath(NamedTuple):

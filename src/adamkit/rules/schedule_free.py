@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from torch import Tensor, is_tensor
+from torch import Tensor
 
 from adamkit.rules import ops
 from adamkit.rules.rule import Rule
-from adamkit.rules.scalars import TORCH, ScalarMath
+from adamkit.rules.scalars import TORCH, ScalarMath, as_number
 
 
 def schedule_free_group_step(hp: Mapping) -> dict[str, Any]:
@@ -27,7 +27,7 @@ def schedule_free_group_step(hp: Mapping) -> dict[str, Any]:
     {'k': 1, 'scheduled_lr': 0.05, 'lr_max': 0.05, 'weight_sum': 0.0025000000000000005}
     """
     k, warmup = hp["k"], hp["warmup_steps"]
-    lr = hp["lr"].item() if is_tensor(hp["lr"]) else hp["lr"]
+    lr = as_number(hp["lr"])
     scheduled_lr = lr * ((k + 1) / warmup if k < warmup else 1.0)
     lr_max = max(scheduled_lr, hp["lr_max"])
     weight = ((k + 1) ** hp["r"]) * (lr_max ** hp["weight_lr_power"])
