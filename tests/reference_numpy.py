@@ -35,6 +35,7 @@ __all__ = [
     "lion_step",
     "adopt_step",
     "ademamix_step",
+    "adan_step",
     "schedule_free_adamw_step",
 ]
 
@@ -282,7 +283,7 @@ def adagrad_step(
     return _out(p, {"sum": total})
 
 
-# --------------------------------------------------------------------------- Lion, ADOPT, AdEMAMix
+# --------------------------------------------------------------------------- Lion, ADOPT, AdEMAMix, Adan
 # State starts at zero for each; ``state`` holds the arrays by torch-style name.
 
 
@@ -326,6 +327,25 @@ def ademamix_step(param, grad, state: dict, t: int, *, lr, beta1, beta2, beta3, 
     v = beta2 * _f64(state["exp_avg_sq"]) + (1.0 - beta2) * g * g
     p = p - lr * (m1 / (1.0 - beta1**t) + alpha * m2) / (np.sqrt(v / (1.0 - beta2**t)) + eps)
     return _out(p, {"exp_avg": m1, "exp_avg_sq": v, "exp_avg_slow": m2})
+
+
+def adan_step(param, grad, state: dict, t: int, *, lr, beta1, beta2, beta3, eps, weight_decay=0.0, no_prox=False):
+    """Adan (Xie et al., 2022, Algorithm 1, the betas as 1 minus the paper's, bias-corrected
+    as the authors' code): d = g - g_prev (0 at step 1);  m = b1 m + (1-b1) g;
+    a = b2 a + (1-b2) d;  n = b3 n + (1-b3) (g + b2 d)^2;
+    param = (param - lr (m/(1-b1^t) + b2 a/(1-b2^t)) / (sqrt(n/(1-b3^t)) + eps)) / (1 + lr wd)
+    (with no_prox, param (1 - lr wd) in place of the division)."""
+    p, g = _f64(param), _f64(grad)
+    d = np.zeros_like(g) if t == 1 else g - _f64(state["previous_grad"])
+    m = beta1 * _f64(state["exp_avg"]) + (1.0 - beta1) * g
+    a = beta2 * _f64(state["exp_avg_diff"]) + (1.0 - beta2) * d
+    n = beta3 * _f64(state["exp_avg_sq"]) + (1.0 - beta3) * (g + beta2 * d) ** 2
+    step = lr * (m / (1.0 - beta1**t) + beta2 * a / (1.0 - beta2**t)) / (np.sqrt(n / (1.0 - beta3**t)) + eps)
+    if no_prox:
+        p = p * (1.0 - lr * weight_decay) - step
+    else:
+        p = (p - step) / (1.0 + lr * weight_decay)
+    return _out(p, {"exp_avg": m, "exp_avg_diff": a, "exp_avg_sq": n, "previous_grad": g})
 
 
 def schedule_free_adamw_step(param, grad, state: dict, t: int, *, lr, beta1, beta2, eps, weight_decay=0.0,

@@ -272,7 +272,7 @@ for rule in (value for value in vars(rules).values() if isinstance(value, rules.
                          tensor_ids="*i64", noise_seed="i32", noise_round="i32", codebook="*fp32")
         stochastic = state == "bf16" and storage != state
         constants = dict(STORAGE=names[storage], COMPUTE=names[compute], SLOT0=names[state], SLOT1=names[state],
-                         SLOT2=names[state], WATCH=True, BLOCK=2048, STOCHASTIC=stochastic)
+                         SLOT2=names[state], SLOT3=names[state], WATCH=True, BLOCK=2048, STOCHASTIC=stochastic)
         signature.update(dict.fromkeys(constants, "constexpr"))
         source = triton.compiler.ASTSource(loops.fused_pass, signature=signature, constexprs=constants)
         ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(enable_fp_fusion=False)).asm["ptx"]

@@ -85,6 +85,21 @@ CASES = {
                t_alpha_beta3=60, weight_decay=0.1, decoupled=False),
         ("exp_avg", "exp_avg_sq", "exp_avg_slow"),
     ),
+    # pytorch-optimizer's weight_decouple is the authors' no_prox; its maximize is not tested (at step 1 it
+    # takes the gradient's difference to the unnegated gradient)
+    "adan": Reference(
+        lambda p: adamkit.Adan(p, lr=1e-2, weight_decay=0.1),
+        lambda p: pytorch_optimizer.Adan(p, lr=1e-2, weight_decay=0.1, foreach=False),
+        _paper(ref.adan_step, lr=1e-2, beta1=0.98, beta2=0.92, beta3=0.99, eps=1e-8, weight_decay=0.1),
+        ("exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"),
+    ),
+    "adan-no-prox": Reference(
+        lambda p: adamkit.Adan(p, lr=1e-2, betas=(0.9, 0.8, 0.95), weight_decay=0.1, no_prox=True),
+        lambda p: pytorch_optimizer.Adan(p, lr=1e-2, betas=(0.9, 0.8, 0.95), weight_decay=0.1, weight_decouple=True,
+                                         foreach=False),
+        _paper(ref.adan_step, lr=1e-2, beta1=0.9, beta2=0.8, beta3=0.95, eps=1e-8, weight_decay=0.1, no_prox=True),
+        ("exp_avg", "exp_avg_diff", "exp_avg_sq", "previous_grad"),
+    ),
     # evaluated at x (eval()) after the steps; warm-up and r change the averaging weights
     "schedulefree": Reference(
         lambda p: adamkit.ScheduleFreeAdamW(p, lr=1e-2, weight_decay=0.1, warmup_steps=10, r=0.5),
@@ -158,6 +173,14 @@ def test_float32_is_as_close_to_float64_as_the_package(name):
     ours, _ = _run(case.ours, torch.float32)
     theirs, _ = _run(case.package, torch.float32)
     assert _relative(ours, theirs) <= 1e-6 or _relative(ours, exact) <= _relative(theirs, exact)
+
+
+@pytest.mark.parametrize("name", ["adan", "adan-no-prox"])
+def test_adan_for_loop_equals_pytorch_optimizers_bit_for_bit(name):
+    """pytorch-optimizer's per-parameter Adan makes the same calls in the same order."""
+    ours, _ = _run(lambda p: _with(CASES[name].ours(p), {"foreach": False}), torch.float32)
+    theirs, _ = _run(CASES[name].package, torch.float32)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
 
 
 def test_lion_checkpoints_move_both_ways_with_lion_pytorch():

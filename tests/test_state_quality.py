@@ -29,7 +29,7 @@ ALGORITHMS = {
     "adagrad": lambda params, **options: adamkit.Adagrad(params, **options),
     "sgd": lambda params, **options: adamkit.SGD(params, momentum=0.9, **options),
     **{name: functools.partial(build_optimizer, name)
-       for name in ("adamax", "radam", "nadam", "adadelta", "rprop", "asgd", "lion", "adopt", "ademamix", "schedulefree")},
+       for name in ("adamax", "radam", "nadam", "adadelta", "rprop", "asgd", "lion", "adopt", "ademamix", "adan", "schedulefree")},
 }
 # ASGD's only state, ax, is the running average it reports; the steps never read it.
 OUTPUT_ONLY_STATE = {"asgd"}

@@ -108,7 +108,7 @@ def test_trace_reads_each_algorithms_own_state(name):
     else:
         torch.testing.assert_close(last.exp_avg_sq, second_moment)
     if "betas" in optimizer.defaults and "exp_avg" in state and second_moment is not None:
-        beta1, beta2 = optimizer.defaults["betas"][:2]  # AdEMAMix's third is its slow momentum's
+        beta1, beta2 = (optimizer.defaults["betas"][i] for i in (0, 1 if name != "adan" else 2))  # Adan's second is its difference's
         torch.testing.assert_close(last.m_hat, state["exp_avg"] / (1 - beta1**2))
         if "exp_avg_sq" in state:
             torch.testing.assert_close(last.v_hat, state["exp_avg_sq"] / (1 - beta2**2))

@@ -6,7 +6,7 @@
 """
 
 from adamkit.optimizers import (
-    ADOPT, ASGD, SGD, Adadelta, Adagrad, AdEMAMix, Adam, Adamax, AdamW, Lion, NAdam, RAdam, RMSprop, Rprop,
+    ADOPT, ASGD, SGD, Adadelta, Adagrad, AdEMAMix, Adam, Adamax, AdamW, Adan, Lion, NAdam, RAdam, RMSprop, Rprop,
     ScheduleFreeAdamW, Yogi, warmup,
 )
 from adamkit.safety import CheckpointError, freeze, load_checkpoint, param_groups, save_checkpoint, unfreeze
@@ -22,6 +22,7 @@ __all__ = [
     "Adam",
     "AdamW",
     "Adamax",
+    "Adan",
     "CheckpointError",
     "Lion",
     "NAdam",

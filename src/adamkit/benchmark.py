@@ -7,7 +7,7 @@ on a GPU a round of ``repeats`` steps runs back to back (steady state: the host 
 work while the device runs it) between two CUDA events. The limit is the machine's
 measured stream bandwidth for the bytes Adam's step must move (param, grad and two state
 tensors read; param and state written: 7 elements per parameter); the GB/s of a result
-count the algorithm's own state tensors (one for ASGD and Lion, three for AdEMAMix).
+count the algorithm's own state tensors (one for ASGD and Lion, three for AdEMAMix, four for Adan).
 
     >>> shape = parse_shape("3x1000")
     >>> shape.tensors, shape.elements, shape.label
@@ -47,6 +47,7 @@ ALGORITHMS: dict[str, tuple[type, type | None]] = {
     "lion": (adamkit.Lion, None),
     "adopt": (adamkit.ADOPT, None),
     "ademamix": (adamkit.AdEMAMix, None),
+    "adan": (adamkit.Adan, None),
     "schedulefree": (adamkit.ScheduleFreeAdamW, None),
 }
 # Where torch has no class: the package people use instead (module, class, the
@@ -55,6 +56,7 @@ REFERENCE_PACKAGES: dict[str, tuple[str, str, dict]] = {
     "lion": ("lion_pytorch", "Lion", {}),
     "adopt": ("pytorch_optimizer", "ADOPT", {}),
     "ademamix": ("pytorch_optimizer", "AdEMAMix", {"alpha": 2.0, "weight_decouple": True}),
+    "adan": ("pytorch_optimizer", "Adan", {}),
     "schedulefree": ("schedulefree", "AdamWScheduleFree", {}),
 }
 # name -> (params, adamkit's class, torch's class) -> optimizer
@@ -72,8 +74,8 @@ IMPLEMENTATIONS: dict[str, Callable] = {
 def state_tensors(algorithm: str) -> int:
     """How many state tensors per parameter ``algorithm`` keeps by default (each read and written once a step).
 
-    >>> state_tensors("adam"), state_tensors("lion"), state_tensors("ademamix")
-    (2, 1, 3)
+    >>> state_tensors("adam"), state_tensors("lion"), state_tensors("ademamix"), state_tensors("adan")
+    (2, 1, 3, 4)
     """
     optimizer = ALGORITHMS[algorithm][0]([torch.nn.Parameter(torch.zeros(1))])
     return len(optimizer.state_fills(optimizer.param_groups[0]))

@@ -79,7 +79,7 @@ PROBLEMS: dict[str, Problem] = {
             learning_rates={
                 "adam": 0.1, "adamw": 0.1, "amsgrad": 0.1, "yogi": 0.1, "adamax": 0.1, "radam": 0.1, "nadam": 0.1,
                 "sgd": 0.1, "rmsprop": 0.02,
-                "adadelta": 1.0, "rprop": 0.1, "asgd": 0.1, "lion": 0.1, "adopt": 0.1, "ademamix": 0.1, "schedulefree": 0.1, "adagrad": 0.3,
+                "adadelta": 1.0, "rprop": 0.1, "asgd": 0.1, "lion": 0.1, "adopt": 0.1, "ademamix": 0.1, "adan": 0.1, "schedulefree": 0.1, "adagrad": 0.3,
             },
         ),
         Problem(
@@ -93,7 +93,7 @@ PROBLEMS: dict[str, Problem] = {
             learning_rates={
                 "adam": 0.3, "adamw": 0.3, "amsgrad": 0.3, "yogi": 0.3, "adamax": 0.3, "radam": 0.3, "nadam": 0.3,
                 "sgd": 0.4, "rmsprop": 0.1,
-                "adadelta": 1.0, "rprop": 0.3, "asgd": 0.4, "lion": 0.02, "adopt": 0.3, "ademamix": 0.3, "schedulefree": 0.3, "adagrad": 1.5,
+                "adadelta": 1.0, "rprop": 0.3, "asgd": 0.4, "lion": 0.02, "adopt": 0.3, "ademamix": 0.3, "adan": 0.1, "schedulefree": 0.3, "adagrad": 1.5,
             },
         ),
         Problem(
@@ -107,7 +107,7 @@ PROBLEMS: dict[str, Problem] = {
             learning_rates={
                 "adam": 0.1, "adamw": 0.1, "amsgrad": 0.1, "yogi": 0.1, "adamax": 0.1, "radam": 0.002, "nadam": 0.1,
                 "sgd": 0.002, "rmsprop": 0.02,
-                "adadelta": 1.0, "rprop": 0.1, "asgd": 0.002, "lion": 0.1, "adopt": 0.1, "ademamix": 0.1, "schedulefree": 0.1, "adagrad": 0.5,
+                "adadelta": 1.0, "rprop": 0.1, "asgd": 0.002, "lion": 0.1, "adopt": 0.1, "ademamix": 0.1, "adan": 0.1, "schedulefree": 0.1, "adagrad": 0.5,
             },
         ),
         Problem(
@@ -123,7 +123,7 @@ PROBLEMS: dict[str, Problem] = {
             learning_rates={
                 "adam": 0.05, "adamw": 0.05, "amsgrad": 0.05, "yogi": 0.05, "adamax": 0.05, "radam": 0.005, "nadam": 0.05,
                 "sgd": 0.001, "rmsprop": 0.01,
-                "adadelta": 1.0, "rprop": 0.05, "asgd": 0.001, "lion": 0.05, "adopt": 0.05, "ademamix": 0.05, "schedulefree": 0.05, "adagrad": 0.5,
+                "adadelta": 1.0, "rprop": 0.05, "asgd": 0.001, "lion": 0.05, "adopt": 0.05, "ademamix": 0.05, "adan": 0.05, "schedulefree": 0.05, "adagrad": 0.5,
             },
         ),
         Problem(
@@ -137,7 +137,7 @@ PROBLEMS: dict[str, Problem] = {
             learning_rates={
                 "adam": 0.05, "adamw": 0.05, "amsgrad": 0.05, "yogi": 0.05, "adamax": 0.05, "radam": 0.05, "nadam": 0.05,
                 "sgd": 0.1, "rmsprop": 0.01,
-                "adadelta": 1.0, "rprop": 0.05, "asgd": 0.1, "lion": 0.05, "adopt": 0.05, "ademamix": 0.05, "schedulefree": 0.05, "adagrad": 0.5,
+                "adadelta": 1.0, "rprop": 0.05, "asgd": 0.1, "lion": 0.05, "adopt": 0.05, "ademamix": 0.05, "adan": 0.05, "schedulefree": 0.05, "adagrad": 0.5,
             },
         ),
     )

@@ -152,7 +152,7 @@ TASKS: dict[str, Task] = {
             learning_rates={
                 "adam": 0.01, "adamw": 0.01, "amsgrad": 0.01, "yogi": 0.01, "adamax": 0.02, "radam": 0.01, "nadam": 0.01,
                 "sgd": 0.05, "rmsprop": 0.01, "adagrad": 0.1, "adadelta": 1.0, "rprop": 0.01, "asgd": 0.05,
-                "lion": 0.003, "adopt": 0.01, "ademamix": 0.01, "schedulefree": 0.03,
+                "lion": 0.003, "adopt": 0.01, "ademamix": 0.01, "adan": 0.01, "schedulefree": 0.03,
             },
         ),
         Task(
@@ -168,7 +168,7 @@ TASKS: dict[str, Task] = {
             learning_rates={
                 "adam": 0.003, "adamw": 0.003, "amsgrad": 0.003, "yogi": 0.003, "adamax": 0.006, "radam": 0.003, "nadam": 0.003,
                 "sgd": 0.1, "rmsprop": 0.001, "adagrad": 0.03, "adadelta": 1.0, "rprop": 0.01, "asgd": 0.1,
-                "lion": 0.001, "adopt": 0.003, "ademamix": 0.003, "schedulefree": 0.03,
+                "lion": 0.001, "adopt": 0.003, "ademamix": 0.003, "adan": 0.003, "schedulefree": 0.03,
             },
         ),
         Task(
@@ -184,7 +184,7 @@ TASKS: dict[str, Task] = {
             learning_rates={
                 "adam": 0.01, "adamw": 0.01, "amsgrad": 0.01, "yogi": 0.01, "adamax": 0.02, "radam": 0.01, "nadam": 0.01,
                 "sgd": 0.3, "rmsprop": 0.001, "adagrad": 0.03, "adadelta": 1.0, "rprop": 0.001, "asgd": 0.3,
-                "lion": 0.003, "adopt": 0.01, "ademamix": 0.01, "schedulefree": 0.03,
+                "lion": 0.003, "adopt": 0.01, "ademamix": 0.01, "adan": 0.01, "schedulefree": 0.03,
             },
         ),
     )

@@ -146,7 +146,7 @@ class Trace:
             m_hat = v_hat = None
             betas = betas_of[id(param)]
             if betas is not None and exp_avg is not None and exp_avg_sq is not None:
-                beta1, beta2 = (float(beta) for beta in betas[:2])  # AdEMAMix has a third, its slow momentum's
+                beta1, beta2 = float(betas[0]), float(betas[getattr(optimizer, "second_moment_beta", 1)])
                 m_hat = exp_avg / (1 - beta1**step)
                 if torch.is_tensor(state.get("exp_avg_sq")):
                     v_hat = exp_avg_sq / (1 - beta2**step)

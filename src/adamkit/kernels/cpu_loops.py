@@ -31,14 +31,14 @@ _decay = njit(error_model="numpy")(bind(maximize_and_weight_decay, scalar_ops))
 
 @njit(**_JIT)
 def fused_pass(
-    c, decay, like, params, grads, slot0, slot1, slot2, like0, like1, like2, scale0, scale1, scale2, noise, tensor_ids,
-    watch, items, starts, ends, changed,
+    c, decay, like, params, grads, slot0, slot1, slot2, slot3, like0, like1, like2, like3, scale0, scale1, scale2, scale3,
+    noise, tensor_ids, watch, items, starts, ends, changed,
 ):
     """Run the rule's update over every element of the work items, a block of 256 at a time.
 
     A slot the parameters lack is None: numba then compiles that slot's code away (a
     store that might alias the gradient would keep the loop from vectorizing), and the
-    rule reads the gradient in its place and never uses it. ``like0``...``like2`` give
+    rule reads the gradient in its place and never uses it. ``like0``...``like3`` give
     each slot's storage type. A slot with scales (``scale0``...) is int8 state: read from
     its codes and the block's scale, and written back a block at a time, once the
     block's new values, and so its scale, are known (work items start at multiples of 256).
@@ -55,13 +55,15 @@ def fused_pass(
         s0 = pointer(grads[t] if slot0 is None else slot0[t], like0)
         s1 = pointer(grads[t] if slot1 is None else slot1[t], like1)
         s2 = pointer(grads[t] if slot2 is None else slot2[t], like2)
+        s3 = pointer(grads[t] if slot3 is None else slot3[t], like3)
         f0 = pointer(grads[t] if scale0 is None else scale0[t], unit)
         f1 = pointer(grads[t] if scale1 is None else scale1[t], unit)
         f2 = pointer(grads[t] if scale2 is None else scale2[t], unit)
-        # One key for slots 0 and 1, so that the compiler hashes each element once for both.
+        f3 = pointer(grads[t] if scale3 is None else scale3[t], unit)
+        # One key for slots 0 and 1, one for 2 and 3, so that the compiler hashes each element once per pair.
         k01 = None if noise is None else noise_key(noise[0], noise[1], tensor_ids[t], 0)
-        k2 = None if noise is None else noise_key(noise[0], noise[1], tensor_ids[t], 2)
-        held = np.empty((3, 256), np.float32)
+        k23 = None if noise is None else noise_key(noise[0], noise[1], tensor_ids[t], 2)
+        held = np.empty((4, 256), np.float32)
         moved = False
         for block_start in range(starts[w], ends[w], 256):
             count = min(256, ends[w] - block_start)
@@ -69,6 +71,7 @@ def fused_pass(
             b0 = block_scale(scale0, f0, block)
             b1 = block_scale(scale1, f1, block)
             b2 = block_scale(scale2, f2, block)
+            b3 = block_scale(scale3, f3, block)
             for k in range(count):
                 i = block_start + k
                 old = load(p, i)
@@ -76,16 +79,19 @@ def fused_pass(
                 v0 = read_state(s0, b0, scale0, i, old)
                 v1 = read_state(s1, b1, scale1, i, old)
                 v2 = read_state(s2, b2, scale2, i, old)
-                new, y0, y1, y2 = _update(new, decayed_grad, v0, v1, v2, c)
+                v3 = read_state(s3, b3, scale3, i, old)
+                new, y0, y1, y2, y3 = _update(new, decayed_grad, v0, v1, v2, v3, c)
                 store(p, i, new)
                 keep_state(slot0, scale0, s0, i, y0, k01, held, 0, k)
                 keep_state(slot1, scale1, s1, i, y1, k01, held, 1, k)
-                keep_state(slot2, scale2, s2, i, y2, k2, held, 2, k)
+                keep_state(slot2, scale2, s2, i, y2, k23, held, 2, k)
+                keep_state(slot3, scale3, s3, i, y3, k23, held, 3, k)
                 if watch:
                     moved |= load(p, i) != old
             finish_block(scale0, s0, f0, block, held[0], count)
             finish_block(scale1, s1, f1, block, held[1], count)
             finish_block(scale2, s2, f2, block, held[2], count)
+            finish_block(scale3, s3, f3, block, held[3], count)
         if watch:
             changed[w] = moved
 

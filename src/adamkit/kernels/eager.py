@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from adamkit.rules import EXACT, TORCH, Rule, bind, decay_coefficients, maximize_and_weight_decay, ops
+from adamkit.rules import EXACT, SLOT_COUNT, TORCH, Rule, bind, decay_coefficients, maximize_and_weight_decay, ops
 from adamkit.state import like_param, local_tensor
 from adamkit.state.formats import BLOCK, SCALE_SUFFIX, StateSpec, dequantize, noise_key, quantize, stochastic_bfloat16
 
@@ -164,7 +164,7 @@ def eager_step(
                 new_param, grad_piece = real(new_param), real(grad_piece)
             new_param, grad_piece = maximize_and_weight_decay(new_param, grad_piece, decay)
             slot_values = [inputs.get(name) for name in rule.slots]
-            slot_values += [None] * (3 - len(slot_values))
+            slot_values += [None] * (SLOT_COUNT - len(slot_values))
             step_rule = complex_update if param.is_complex() else update
             new_param, *new_values = step_rule(real(new_param), real(grad_piece), *slot_values, coefficients)
 

@@ -33,14 +33,14 @@ from torch import Tensor
 
 from adamkit.kernels.fused import FusedKernel, Launch
 from adamkit.kernels.plan import FusedPlan, storage_dtype
-from adamkit.rules import Rule, decay_coefficients
+from adamkit.rules import SLOT_COUNT, Rule, decay_coefficients
 from adamkit.state.formats import CODE_VALUES, StateSpec
 
 # Devices where the pass failed to compile or load: (the error, as the warning named it).
 _unusable: dict[torch.device, str] = {}
 
 BLOCK = 2048
-ROWS = 8  # parameter, gradient, three state slots, their int8 scales
+ROWS = 2 + 2 * SLOT_COUNT  # parameter, gradient, the state slots, their int8 scales
 MAX_PARTITIONS = 16  # block tables kept per plan for parameters whose step counts differ
 _TRITON_DTYPES = {}  # torch dtype -> triton dtype, filled on first use
 
@@ -227,7 +227,7 @@ class FusedCudaKernel(FusedKernel):
             passes.append((values, len(c), block_tensor, block_start, int(spec.rounds if step is None else step)))
         constants = dict(
             STORAGE=_triton_dtype(dtype), COMPUTE=_triton_dtype(compute),
-            SLOT0=slot_types[0], SLOT1=slot_types[1], SLOT2=slot_types[2],
+            SLOT0=slot_types[0], SLOT1=slot_types[1], SLOT2=slot_types[2], SLOT3=slot_types[3],
             WATCH=report_moved, BLOCK=self.item_elements, STOCHASTIC=plan.rounds_stochastically(spec),
             enable_fp_fusion=False, num_warps=NUM_WARPS,
         )

@@ -21,11 +21,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from adamkit.rules import Rule
+from adamkit.rules import SLOT_COUNT, Rule
 from adamkit.state import TrackedState, local_tensor
 from adamkit.state.formats import SCALE_SUFFIX, StateSpec, blocks_of
 
-SLOT_COUNT = 3
 STEP_DTYPES = (torch.float32, torch.float64)
 FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 

@@ -7,7 +7,7 @@ it is, this module binds Adam.
 
 One launch steps every tensor of a plan: program ``i`` takes block ``i`` of
 ``BLOCK`` elements, finds its tensor and offset in the plan's block tables, and reads
-the tensor's addresses from the address table (parameter, gradient, up to three state
+the tensor's addresses from the address table (parameter, gradient, up to four state
 slots, and the block scales of int8 slots). Coefficients come from a small tensor of the compute dtype (fp32 or fp64;
 Triton passes Python floats as fp32): the rule's, then the weight-decay transform's.
 """
@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from adamkit.kernels import triton_ops
-from adamkit.rules import bind, maximize_and_weight_decay
+from adamkit.rules import SLOT_COUNT, bind, maximize_and_weight_decay
 from adamkit.rules.transforms import DecayCoefficients
 
 # BINDING
@@ -42,7 +42,7 @@ _update = triton.jit(bind(rule_update, triton_ops, tl=tl))
 _decay = triton.jit(bind(maximize_and_weight_decay, triton_ops, tl=tl))
 
 
-SCALE_ROWS = tl.constexpr(3)  # an int8 slot's scales: the slot's row + SCALE_ROWS in the address table
+SCALE_ROWS = tl.constexpr(SLOT_COUNT)  # an int8 slot's scales: the slot's row + SCALE_ROWS in the address table
 
 
 @triton.jit
@@ -78,10 +78,10 @@ def fused_pass(
     tables, elements, block_tensor, block_start, coefficients, decay_coefficients, flags, count,
     tensor_ids, noise_seed, noise_round, codebook,
     STORAGE: tl.constexpr, COMPUTE: tl.constexpr,
-    SLOT0: tl.constexpr, SLOT1: tl.constexpr, SLOT2: tl.constexpr, WATCH: tl.constexpr, BLOCK: tl.constexpr,
-    STOCHASTIC: tl.constexpr,
+    SLOT0: tl.constexpr, SLOT1: tl.constexpr, SLOT2: tl.constexpr, SLOT3: tl.constexpr, WATCH: tl.constexpr,
+    BLOCK: tl.constexpr, STOCHASTIC: tl.constexpr,
 ):
-    """Step one block. ``SLOT0``...``SLOT2`` are the slots' storage dtypes, None for a
+    """Step one block. ``SLOT0``...``SLOT3`` are the slots' storage dtypes, None for a
     slot the parameters lack (not read or written; the rule gets the gradient in its
     place and never uses it). An int8 slot is decoded with ``codebook`` and coded
     a block of 256 at a time. With ``STOCHASTIC``, bf16
@@ -94,26 +94,30 @@ def fused_pass(
     mask = offsets < tl.load(elements + t)
     param_pointer, old = _slot(tables, 0, t, count, offsets, mask, STORAGE, COMPUTE, codebook)
     grad_pointer, grad = _slot(tables, 1, t, count, offsets, mask, STORAGE, COMPUTE, codebook)
-    s0, s1, s2 = grad, grad, grad
+    s0, s1, s2, s3 = grad, grad, grad, grad
     if SLOT0 is not None:
         s0_pointer, s0 = _slot(tables, 2, t, count, offsets, mask, SLOT0, COMPUTE, codebook)
     if SLOT1 is not None:
         s1_pointer, s1 = _slot(tables, 3, t, count, offsets, mask, SLOT1, COMPUTE, codebook)
     if SLOT2 is not None:
         s2_pointer, s2 = _slot(tables, 4, t, count, offsets, mask, SLOT2, COMPUTE, codebook)
+    if SLOT3 is not None:
+        s3_pointer, s3 = _slot(tables, 5, t, count, offsets, mask, SLOT3, COMPUTE, codebook)
     tensor_id = tl.load(tensor_ids + t)
     new, decayed_grad = _decay(old, grad, load_decay(decay_coefficients))
-    new, y0, y1, y2 = _update(new, decayed_grad, s0, s1, s2, load_coefficients(coefficients))
+    new, y0, y1, y2, y3 = _update(new, decayed_grad, s0, s1, s2, s3, load_coefficients(coefficients))
     stored = triton_ops.to_storage(new, STORAGE)
     tl.store(param_pointer + offsets, stored, mask=mask)
-    key01 = triton_ops.noise_key(noise_seed, noise_round, tensor_id, 0)  # slots 0 and 1 share it
+    key01 = triton_ops.noise_key(noise_seed, noise_round, tensor_id, 0)  # slots 0 and 1 share it, 2 and 3 another
     if SLOT0 is not None:
         _keep(tables, 2, t, count, s0_pointer, y0, offsets, mask, SLOT0, key01, STOCHASTIC, BLOCK)
     if SLOT1 is not None:
         _keep(tables, 3, t, count, s1_pointer, y1, offsets, mask, SLOT1, key01, STOCHASTIC, BLOCK)
+    key23 = triton_ops.noise_key(noise_seed, noise_round, tensor_id, 2)
     if SLOT2 is not None:
-        key = triton_ops.noise_key(noise_seed, noise_round, tensor_id, 2)
-        _keep(tables, 4, t, count, s2_pointer, y2, offsets, mask, SLOT2, key, STOCHASTIC, BLOCK)
+        _keep(tables, 4, t, count, s2_pointer, y2, offsets, mask, SLOT2, key23, STOCHASTIC, BLOCK)
+    if SLOT3 is not None:
+        _keep(tables, 5, t, count, s3_pointer, y3, offsets, mask, SLOT3, key23, STOCHASTIC, BLOCK)
     if WATCH:
         nonzero = tl.max(((grad != 0) & mask).to(tl.int32), axis=0)
         changed = tl.max(((triton_ops.from_storage(stored, COMPUTE) != old) & mask).to(tl.int32), axis=0)

@@ -5,6 +5,7 @@ from adamkit.optimizers.adagrad import Adagrad
 from adamkit.optimizers.adam import Adam, AdamW
 from adamkit.optimizers.adamax import Adamax
 from adamkit.optimizers.ademamix import AdEMAMix
+from adamkit.optimizers.adan import Adan
 from adamkit.optimizers.adopt import ADOPT
 from adamkit.optimizers.asgd import ASGD
 from adamkit.optimizers.base import RuleOptimizer
@@ -18,4 +19,4 @@ from adamkit.optimizers.schedule_free import ScheduleFreeAdamW
 from adamkit.optimizers.sgd import SGD
 from adamkit.optimizers.yogi import Yogi
 
-__all__ = ["ADOPT", "ASGD", "AdEMAMix", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "Lion", "NAdam", "RAdam", "RMSprop", "Rprop", "RuleOptimizer", "SGD", "ScheduleFreeAdamW", "Yogi", "warmup"]
+__all__ = ["ADOPT", "ASGD", "AdEMAMix", "Adadelta", "Adagrad", "Adam", "AdamW", "Adamax", "Adan", "Lion", "NAdam", "RAdam", "RMSprop", "Rprop", "RuleOptimizer", "SGD", "ScheduleFreeAdamW", "Yogi", "warmup"]

@@ -62,8 +62,10 @@ class RuleOptimizer(Optimizer):
     The other class attributes say how the algorithm differs from Adam's conventions:
     ``counts_steps`` (a ``step`` tensor in the state), ``complex_as_real`` (the rule sees
     complex tensors as real views), ``sparse_grad_error`` (None where sparse
-    gradients are supported) and ``eager_state`` (state created at construction, as
-    torch's Adagrad does, instead of at a parameter's first step).
+    gradients are supported), ``eager_state`` (state created at construction, as
+    torch's Adagrad does, instead of at a parameter's first step) and
+    ``second_moment_beta`` (the index in ``betas`` of the second moment's decay, for
+    ``adamkit.trace``'s bias correction: Adan's is its third).
 
     Beyond torch, every adamkit optimizer can freeze parameters (``freeze``), clear
     their state (``reset_state``), skip steps with non-finite gradients
@@ -91,6 +93,7 @@ class RuleOptimizer(Optimizer):
     complex_as_real: ClassVar[bool] = True
     sparse_grad_error: ClassVar[str | None]  # default: torch's "<class name> does not support sparse gradients"
     eager_state: ClassVar[bool] = False
+    second_moment_beta: ClassVar[int] = 1
 
     # Optimizer.__getstate__ keeps only defaults, state and param_groups; these must
     # survive copy.deepcopy and pickling too, and take these values when an older pickle lacks them.

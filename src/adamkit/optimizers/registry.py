@@ -8,7 +8,7 @@ import torch
 from torch.optim import Optimizer
 
 from adamkit.optimizers import (
-    ADOPT, ASGD, SGD, Adadelta, Adagrad, AdEMAMix, Adam, Adamax, AdamW, Lion, NAdam, RAdam, RMSprop, Rprop, ScheduleFreeAdamW,
+    ADOPT, ASGD, SGD, Adadelta, Adagrad, AdEMAMix, Adam, Adamax, AdamW, Adan, Lion, NAdam, RAdam, RMSprop, Rprop, ScheduleFreeAdamW,
     Yogi,
 )
 
@@ -29,6 +29,7 @@ _FACTORIES: dict[str, Callable[..., Optimizer]] = {
     "lion": Lion,
     "adopt": ADOPT,
     "ademamix": AdEMAMix,
+    "adan": Adan,
     "schedulefree": ScheduleFreeAdamW,
     "torch-adam": torch.optim.Adam,
 }

@@ -15,6 +15,7 @@ from adamkit.rules.adagrad import adagrad
 from adamkit.rules.adam import adam, bias_corrections
 from adamkit.rules.adamax import adamax
 from adamkit.rules.ademamix import ademamix
+from adamkit.rules.adan import adan
 from adamkit.rules.adopt import adopt
 from adamkit.rules.asgd import asgd
 from adamkit.rules.lion import lion
@@ -22,7 +23,7 @@ from adamkit.rules.nadam import nadam
 from adamkit.rules.radam import radam
 from adamkit.rules.rmsprop import rmsprop
 from adamkit.rules.rprop import rprop
-from adamkit.rules.rule import Rule, bind
+from adamkit.rules.rule import SLOT_COUNT, Rule, bind
 from adamkit.rules.schedule_free import schedule_free_adamw
 from adamkit.rules.scalars import EXACT, TORCH, ScalarMath
 from adamkit.rules.sgd import sgd
@@ -32,6 +33,7 @@ from adamkit.rules.yogi import yogi
 __all__ = [
     "DecayCoefficients",
     "EXACT",
+    "SLOT_COUNT",
     "Rule",
     "ScalarMath",
     "TORCH",
@@ -40,6 +42,7 @@ __all__ = [
     "adam",
     "adamax",
     "ademamix",
+    "adan",
     "adopt",
     "asgd",
     "bias_corrections",

@@ -28,7 +28,7 @@ def adadelta_coefficients(
     return AdadeltaCoefficients(hp["rho"], 1 - hp["rho"], hp["eps"], -lr)
 
 
-def adadelta_update(param, grad, square_avg, acc_delta, unused, c: AdadeltaCoefficients):
+def adadelta_update(param, grad, square_avg, acc_delta, unused2, unused3, c: AdadeltaCoefficients):
     """One Adadelta step, elementwise:
 
         v = rho v + (1 - rho) g^2
@@ -38,13 +38,13 @@ def adadelta_update(param, grad, square_avg, acc_delta, unused, c: AdadeltaCoeff
 
     >>> import torch
     >>> c = adadelta_coefficients({"lr": 1.0, "rho": 0.5, "eps": 0.0}, 1.0)
-    >>> adadelta_update(torch.tensor([1.0]), torch.tensor([2.0]), torch.zeros(1), torch.ones(1), None, c)
-    (tensor([-0.4142]), tensor([2.]), tensor([1.5000]), None)
+    >>> adadelta_update(torch.tensor([1.0]), torch.tensor([2.0]), torch.zeros(1), torch.ones(1), None, None, c)
+    (tensor([-0.4142]), tensor([2.]), tensor([1.5000]), None, None)
     """
     square_avg = ops.ema_square(square_avg, grad, c.rho, c.one_minus_rho)
     delta = ops.div(ops.sqrt(acc_delta + c.eps), ops.sqrt(square_avg + c.eps)) * grad
     acc_delta = ops.ema_square(acc_delta, delta, c.rho, c.one_minus_rho)
-    return ops.add_scaled(param, delta, c.step_scale), square_avg, acc_delta, unused
+    return ops.add_scaled(param, delta, c.step_scale), square_avg, acc_delta, unused2, unused3
 
 
 adadelta = Rule(

@@ -25,19 +25,19 @@ def adagrad_coefficients(
     return AdagradCoefficients(hp["eps"], -(hp["lr"] / (1 + (step - 1) * hp["lr_decay"])))
 
 
-def adagrad_update(param, grad, state_sum, unused1, unused2, c: AdagradCoefficients):
+def adagrad_update(param, grad, state_sum, unused1, unused2, unused3, c: AdagradCoefficients):
     """One AdaGrad step:
 
         s = s + g^2
         param -= lr / (1 + (step - 1) lr_decay) * g / (sqrt(s) + eps)
 
     >>> c = adagrad_coefficients({"lr": 0.1, "lr_decay": 0.0, "eps": 0.0}, 1.0)
-    >>> adagrad_update(torch.tensor([1.0]), torch.tensor([2.0]), torch.zeros(1), None, None, c)
-    (tensor([0.9000]), tensor([4.]), None, None)
+    >>> adagrad_update(torch.tensor([1.0]), torch.tensor([2.0]), torch.zeros(1), None, None, None, c)
+    (tensor([0.9000]), tensor([4.]), None, None, None)
     """
     state_sum = ops.addcmul(state_sum, grad, grad, 1)
     std = ops.sqrt(state_sum) + c.eps
-    return ops.addcdiv(param, grad, std, c.neg_clr), state_sum, unused1, unused2
+    return ops.addcdiv(param, grad, std, c.neg_clr), state_sum, unused1, unused2, unused3
 
 
 def adagrad_sparse_update(param: Tensor, grad: Tensor, state_sum: Tensor, c: AdagradCoefficients):

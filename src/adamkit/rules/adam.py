@@ -47,7 +47,7 @@ def adam_coefficients(
     return AdamCoefficients(1 - beta1, beta2, 1 - beta2, *bias_corrections(hp, step, scalars), bool(hp["amsgrad"]))
 
 
-def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, c: AdamCoefficients):
+def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, unused3, c: AdamCoefficients):
     """One Adam step, elementwise:
 
         m = beta1 m + (1 - beta1) g
@@ -57,8 +57,8 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, c: AdamCoeffic
     >>> import torch
     >>> hp = {"lr": 0.1, "betas": (0.9, 0.999), "eps": 1e-8, "amsgrad": False}
     >>> c = adam_coefficients(hp, 1.0)
-    >>> adam_update(torch.tensor([0.5]), torch.tensor([1.0]), torch.zeros(1), torch.zeros(1), None, c)
-    (tensor([0.4000]), tensor([0.1000]), tensor([0.0010]), None)
+    >>> adam_update(torch.tensor([0.5]), torch.tensor([1.0]), torch.zeros(1), torch.zeros(1), None, None, c)
+    (tensor([0.4000]), tensor([0.1000]), tensor([0.0010]), None, None)
     """
     exp_avg = ops.lerp(exp_avg, grad, c.one_minus_beta1)
     exp_avg_sq = ops.ema_square(exp_avg_sq, grad, c.beta2, c.one_minus_beta2)
@@ -67,7 +67,7 @@ def adam_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, c: AdamCoeffic
         max_exp_avg_sq = ops.maximum(max_exp_avg_sq, exp_avg_sq)
         second_moment = max_exp_avg_sq
     denom = ops.div(ops.sqrt(second_moment), c.denom_scale) + c.denom_shift
-    return ops.addcdiv(param, exp_avg, denom, c.step_scale), exp_avg, exp_avg_sq, max_exp_avg_sq
+    return ops.addcdiv(param, exp_avg, denom, c.step_scale), exp_avg, exp_avg_sq, max_exp_avg_sq, unused3
 
 
 adam = Rule("adam", ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), adam_coefficients, adam_update)

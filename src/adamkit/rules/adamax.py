@@ -33,7 +33,7 @@ def adamax_coefficients(
     return AdamaxCoefficients(1 - beta1, beta2, hp["eps"], 1, -(hp["lr"] / (1 - scalars.power(beta1, step))))
 
 
-def adamax_update(param, grad, exp_avg, exp_inf, unused, c: AdamaxCoefficients):
+def adamax_update(param, grad, exp_avg, exp_inf, unused2, unused3, c: AdamaxCoefficients):
     """One Adamax step, elementwise:
 
         m = beta1 m + (1 - beta1) g
@@ -43,12 +43,12 @@ def adamax_update(param, grad, exp_avg, exp_inf, unused, c: AdamaxCoefficients):
     >>> import torch
     >>> hp = {"lr": 0.1, "betas": (0.5, 0.5), "eps": 0.0}
     >>> c = adamax_coefficients(hp, 1.0)
-    >>> adamax_update(torch.tensor([1.0]), torch.tensor([-2.0]), torch.zeros(1), torch.zeros(1), None, c)
-    (tensor([1.1000]), tensor([-1.]), tensor([2.]), None)
+    >>> adamax_update(torch.tensor([1.0]), torch.tensor([-2.0]), torch.zeros(1), torch.zeros(1), None, None, c)
+    (tensor([1.1000]), tensor([-1.]), tensor([2.]), None, None)
     """
     exp_avg = ops.lerp(exp_avg, grad, c.one_minus_beta1)
     exp_inf = ops.maximum(exp_inf * c.beta2, ops.absolute(grad) + c.eps)
-    return ops.addcdiv(param, exp_avg, exp_inf * c.denom_scale, c.step_scale), exp_avg, exp_inf, unused
+    return ops.addcdiv(param, exp_avg, exp_inf * c.denom_scale, c.step_scale), exp_avg, exp_inf, unused2, unused3
 
 
 adamax = Rule("adamax", ("exp_avg", "exp_inf"), adamax_coefficients, adamax_update)

@@ -58,7 +58,7 @@ def ademamix_coefficients(
     )
 
 
-def ademamix_update(param, grad, exp_avg, exp_avg_sq, exp_avg_slow, c: AdEMAMixCoefficients):
+def ademamix_update(param, grad, exp_avg, exp_avg_sq, exp_avg_slow, unused3, c: AdEMAMixCoefficients):
     """One AdEMAMix step, elementwise:
 
         m1 = beta1 m1 + (1 - beta1) g ;  m2 = beta3 m2 + (1 - beta3) g
@@ -68,15 +68,16 @@ def ademamix_update(param, grad, exp_avg, exp_avg_sq, exp_avg_slow, c: AdEMAMixC
     >>> import torch
     >>> hp = {"lr": 0.1, "betas": (0.5, 0.5, 0.5), "eps": 0.0, "alpha": 2.0, "t_alpha_beta3": None}
     >>> c = ademamix_coefficients(hp, 1.0)
-    >>> ademamix_update(torch.tensor([1.0]), torch.tensor([2.0]), torch.zeros(1), torch.zeros(1), torch.zeros(1), c)
-    (tensor([0.8000]), tensor([1.]), tensor([2.]), tensor([1.]))
+    >>> zeros = torch.zeros(1)
+    >>> ademamix_update(torch.tensor([1.0]), torch.tensor([2.0]), zeros, zeros, zeros, None, c)
+    (tensor([0.8000]), tensor([1.]), tensor([2.]), tensor([1.]), None)
     """
     exp_avg = ops.lerp(exp_avg, grad, c.one_minus_beta1)
     exp_avg_sq = ops.ema_square(exp_avg_sq, grad, c.beta2, c.one_minus_beta2)
     exp_avg_slow = ops.lerp(exp_avg_slow, grad, c.one_minus_beta3)
     denom = ops.div(ops.sqrt(exp_avg_sq), c.sqrt_bias_correction2) + c.eps
     update = ops.add_scaled(ops.div(exp_avg, c.bias_correction1), exp_avg_slow, c.alpha)
-    return ops.addcdiv(param, update, denom, c.step_scale), exp_avg, exp_avg_sq, exp_avg_slow
+    return ops.addcdiv(param, update, denom, c.step_scale), exp_avg, exp_avg_sq, exp_avg_slow, unused3
 
 
 ademamix = Rule("ademamix", ("exp_avg", "exp_avg_sq", "exp_avg_slow"), ademamix_coefficients, ademamix_update)

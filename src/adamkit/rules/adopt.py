@@ -37,7 +37,7 @@ def adopt_coefficients(
     return ADOPTCoefficients(step == 1, 1 - beta1, beta2, 1 - beta2, hp["eps"], clip, -lr, math.inf)
 
 
-def adopt_update(param, grad, exp_avg, exp_avg_sq, unused, c: ADOPTCoefficients):
+def adopt_update(param, grad, exp_avg, exp_avg_sq, unused2, unused3, c: ADOPTCoefficients):
     """One ADOPT step, elementwise (``v`` is ``g^2`` after step 1, which moves nothing):
 
         n = clamp(g / max(sqrt(v), eps), -clip, clip)
@@ -47,19 +47,19 @@ def adopt_update(param, grad, exp_avg, exp_avg_sq, unused, c: ADOPTCoefficients)
 
     >>> import torch
     >>> hp = {"lr": 0.1, "betas": (0.5, 0.5), "eps": 1e-6, "clip_exponent": 0.25}
-    >>> adopt_update(torch.tensor([1.0]), torch.tensor([2.0]), torch.zeros(1), torch.zeros(1), None,
+    >>> adopt_update(torch.tensor([1.0]), torch.tensor([2.0]), torch.zeros(1), torch.zeros(1), None, None,
     ...              adopt_coefficients(hp, 1.0))
-    (tensor([1.]), tensor([0.]), tensor([4.]), None)
-    >>> adopt_update(torch.tensor([1.0]), torch.tensor([4.0]), torch.zeros(1), torch.tensor([4.0]), None,
+    (tensor([1.]), tensor([0.]), tensor([4.]), None, None)
+    >>> adopt_update(torch.tensor([1.0]), torch.tensor([4.0]), torch.zeros(1), torch.tensor([4.0]), None, None,
     ...              adopt_coefficients(hp, 2.0))
-    (tensor([0.9405]), tensor([0.5946]), tensor([10.]), None)
+    (tensor([0.9405]), tensor([0.5946]), tensor([10.]), None, None)
     """
     if c.first:
-        return param, exp_avg, ops.addcmul(exp_avg_sq, grad, grad, 1), unused
+        return param, exp_avg, ops.addcmul(exp_avg_sq, grad, grad, 1), unused2, unused3
     normalized = ops.div(grad, ops.clamp(ops.sqrt(exp_avg_sq), c.eps, c.infinity))
     exp_avg = ops.lerp(exp_avg, ops.clamp(normalized, -c.clip, c.clip), c.one_minus_beta1)
     param = ops.add_scaled(param, exp_avg, c.step_scale)
-    return param, exp_avg, ops.ema_square(exp_avg_sq, grad, c.beta2, c.one_minus_beta2), unused
+    return param, exp_avg, ops.ema_square(exp_avg_sq, grad, c.beta2, c.one_minus_beta2), unused2, unused3
 
 
 adopt = Rule("adopt", ("exp_avg", "exp_avg_sq"), adopt_coefficients, adopt_update)

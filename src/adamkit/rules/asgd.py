@@ -44,7 +44,7 @@ def asgd_coefficients(
     return ASGDCoefficients(1 - lambd * eta_value, -eta_value, mu.item(), mu.item() != 1, next_eta, next_mu)
 
 
-def asgd_update(param, grad, ax, unused1, unused2, c: ASGDCoefficients):
+def asgd_update(param, grad, ax, unused1, unused2, unused3, c: ASGDCoefficients):
     """One ASGD step, elementwise:
 
         param = param (1 - lambd eta) - eta g
@@ -53,15 +53,15 @@ def asgd_update(param, grad, ax, unused1, unused2, c: ASGDCoefficients):
     >>> import torch
     >>> hp = {"lr": 0.1, "lambd": 0.0, "alpha": 0.75, "t0": 1e6}
     >>> c = asgd_coefficients(hp, 1.0, eta=torch.tensor(0.1), mu=torch.tensor(1.0))
-    >>> asgd_update(torch.tensor([1.0]), torch.tensor([2.0]), torch.zeros(1), None, None, c)
-    (tensor([0.8000]), tensor([0.8000]), None, None)
+    >>> asgd_update(torch.tensor([1.0]), torch.tensor([2.0]), torch.zeros(1), None, None, None, c)
+    (tensor([0.8000]), tensor([0.8000]), None, None, None)
     """
     param = ops.add_scaled(param * c.decay_factor, grad, c.step_scale)
     if c.averages:
         ax = ax + (param - ax) * c.average_weight
     else:
         ax = ops.clone(param)
-    return param, ax, unused1, unused2
+    return param, ax, unused1, unused2, unused3
 
 
 asgd = Rule(

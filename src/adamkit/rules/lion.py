@@ -29,7 +29,7 @@ def lion_coefficients(
     return LionCoefficients(beta1, 1 - beta1, beta2, 1 - beta2, -lr)
 
 
-def lion_update(param, grad, exp_avg, unused1, unused2, c: LionCoefficients):
+def lion_update(param, grad, exp_avg, unused1, unused2, unused3, c: LionCoefficients):
     """One Lion step, elementwise (the authors' order of operations):
 
         param -= lr * sign(beta1 m + (1 - beta1) g)
@@ -37,12 +37,12 @@ def lion_update(param, grad, exp_avg, unused1, unused2, c: LionCoefficients):
 
     >>> import torch
     >>> c = lion_coefficients({"lr": 0.1, "betas": (0.9, 0.99)}, None)
-    >>> lion_update(torch.tensor([1.0, 1.0]), torch.tensor([0.5, -3.0]), torch.tensor([-1.0, 1.0]), None, None, c)
-    (tensor([1.1000, 0.9000]), tensor([-0.9850,  0.9600]), None, None)
+    >>> lion_update(torch.tensor([1.0, 1.0]), torch.tensor([0.5, -3.0]), torch.tensor([-1.0, 1.0]), None, None, None, c)
+    (tensor([1.1000, 0.9000]), tensor([-0.9850,  0.9600]), None, None, None)
     """
     direction = ops.sign(ops.add_scaled(exp_avg * c.beta1, grad, c.one_minus_beta1))
     param = ops.add_scaled(param, direction, c.step_scale)
-    return param, ops.add_scaled(exp_avg * c.beta2, grad, c.one_minus_beta2), unused1, unused2
+    return param, ops.add_scaled(exp_avg * c.beta2, grad, c.one_minus_beta2), unused1, unused2, unused3
 
 
 lion = Rule("lion", ("exp_avg",), lion_coefficients, lion_update)

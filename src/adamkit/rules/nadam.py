@@ -50,7 +50,7 @@ def nadam_coefficients(
     )
 
 
-def nadam_update(param, grad, exp_avg, exp_avg_sq, unused, c: NAdamCoefficients):
+def nadam_update(param, grad, exp_avg, exp_avg_sq, unused2, unused3, c: NAdamCoefficients):
     """One NAdam step, elementwise (``mu_t`` the momentum schedule, ``P_t`` its product):
 
         m = beta1 m + (1 - beta1) g ;  v = beta2 v + (1 - beta2) g^2
@@ -60,7 +60,7 @@ def nadam_update(param, grad, exp_avg, exp_avg_sq, unused, c: NAdamCoefficients)
     >>> import torch
     >>> hp = {"lr": 0.1, "betas": (0.9, 0.999), "eps": 0.0, "momentum_decay": 0.004}
     >>> c = nadam_coefficients(hp, 1.0, mu_product=torch.tensor(1.0))
-    >>> nadam_update(torch.tensor([1.0]), torch.tensor([2.0]), torch.zeros(1), torch.zeros(1), None, c)[0]
+    >>> nadam_update(torch.tensor([1.0]), torch.tensor([2.0]), torch.zeros(1), torch.zeros(1), None, None, c)[0]
     tensor([0.8944])
     """
     exp_avg = ops.lerp(exp_avg, grad, c.one_minus_beta1)
@@ -70,7 +70,7 @@ def nadam_update(param, grad, exp_avg, exp_avg_sq, unused, c: NAdamCoefficients)
         param = ops.addcdiv(ops.addcdiv(param, grad * c.grad_scale, denom, 1), exp_avg * c.momentum_scale, denom, 1)
     else:
         param = ops.addcdiv(ops.addcdiv(param, grad, denom, c.grad_scale), exp_avg, denom, c.momentum_scale)
-    return param, exp_avg, exp_avg_sq, unused
+    return param, exp_avg, exp_avg_sq, unused2, unused3
 
 
 nadam = Rule(

@@ -55,7 +55,7 @@ def radam_coefficients(
     )
 
 
-def radam_update(param, grad, exp_avg, exp_avg_sq, unused, c: RAdamCoefficients):
+def radam_update(param, grad, exp_avg, exp_avg_sq, unused2, unused3, c: RAdamCoefficients):
     """One RAdam step, elementwise:
 
         m = beta1 m + (1 - beta1) g ;  v = beta2 v + (1 - beta2) g^2
@@ -65,7 +65,7 @@ def radam_update(param, grad, exp_avg, exp_avg_sq, unused, c: RAdamCoefficients)
     >>> import torch
     >>> hp = {"lr": 0.1, "betas": (0.9, 0.999), "eps": 1e-8}
     >>> c = radam_coefficients(hp, 1.0)  # rho_1 = 1: not rectified, a momentum step
-    >>> radam_update(torch.tensor([1.0]), torch.tensor([2.0]), torch.zeros(1), torch.zeros(1), None, c)[0]
+    >>> radam_update(torch.tensor([1.0]), torch.tensor([2.0]), torch.zeros(1), torch.zeros(1), None, None, c)[0]
     tensor([0.8000])
     """
     exp_avg = ops.lerp(exp_avg, grad, c.one_minus_beta1)
@@ -77,7 +77,7 @@ def radam_update(param, grad, exp_avg, exp_avg_sq, unused, c: RAdamCoefficients)
     elif c.rectified:
         adaptive = ops.reciprocal(ops.sqrt(exp_avg_sq) + c.eps) * c.sqrt_bias_correction2
         update = update * adaptive * c.rect
-    return param - update, exp_avg, exp_avg_sq, unused
+    return param - update, exp_avg, exp_avg_sq, unused2, unused3
 
 
 radam = Rule("radam", ("exp_avg", "exp_avg_sq"), radam_coefficients, radam_update, decays_real_view=True)

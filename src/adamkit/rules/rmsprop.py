@@ -28,7 +28,7 @@ def rmsprop_coefficients(
     return RMSpropCoefficients(alpha, 1 - alpha, hp["eps"], bool(hp["centered"]), hp["momentum"], -hp["lr"])
 
 
-def rmsprop_update(param, grad, square_avg, grad_avg, momentum_buffer, c: RMSpropCoefficients):
+def rmsprop_update(param, grad, square_avg, grad_avg, momentum_buffer, unused3, c: RMSpropCoefficients):
     """One RMSProp step with smoothing constant alpha:
 
         s = alpha s + (1 - alpha) g^2
@@ -40,7 +40,7 @@ def rmsprop_update(param, grad, square_avg, grad_avg, momentum_buffer, c: RMSpro
     >>> import torch
     >>> hp = {"lr": 0.01, "alpha": 0.75, "eps": 0.0, "momentum": 0, "centered": False}
     >>> c = rmsprop_coefficients(hp, 1.0)
-    >>> p, s, _, _ = rmsprop_update(torch.tensor([1.0]), torch.tensor([2.0]), torch.zeros(1), None, None, c)
+    >>> p, s, _, _, _ = rmsprop_update(torch.tensor([1.0]), torch.tensor([2.0]), torch.zeros(1), None, None, None, c)
     >>> p, s  # s = 0.25 * 4, p = 1 - 0.01 * 2 / 1
     (tensor([0.9800]), tensor([1.]))
     """
@@ -56,7 +56,7 @@ def rmsprop_update(param, grad, square_avg, grad_avg, momentum_buffer, c: RMSpro
         param = ops.add_scaled(param, momentum_buffer, c.neg_lr)
     else:
         param = ops.addcdiv(param, grad, avg, c.neg_lr)
-    return param, square_avg, grad_avg, momentum_buffer
+    return param, square_avg, grad_avg, momentum_buffer, unused3
 
 
 rmsprop = Rule("rmsprop", ("square_avg", "grad_avg", "momentum_buffer"), rmsprop_coefficients, rmsprop_update)

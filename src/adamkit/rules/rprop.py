@@ -26,7 +26,7 @@ def rprop_coefficients(
     return RpropCoefficients(*hp["etas"], *hp["step_sizes"])
 
 
-def rprop_update(param, grad, prev, step_size, unused, c: RpropCoefficients):
+def rprop_update(param, grad, prev, step_size, unused2, unused3, c: RpropCoefficients):
     """One Rprop step, elementwise (``s`` the step size, ``g'`` the previous gradient):
 
         s = clamp(s * (etaplus if g g' > 0, etaminus if g g' < 0, else 1), min, max)
@@ -39,8 +39,8 @@ def rprop_update(param, grad, prev, step_size, unused, c: RpropCoefficients):
     >>> import torch
     >>> c = rprop_coefficients({"etas": (0.5, 1.2), "step_sizes": (1e-6, 50)}, 1.0)
     >>> rprop_update(torch.tensor([1.0, 1.0]), torch.tensor([3.0, -3.0]), torch.tensor([1.0, 1.0]),
-    ...              torch.tensor([0.1, 0.1]), None, c)
-    (tensor([0.8800, 1.0000]), tensor([3., 0.]), tensor([0.1200, 0.0500]), None)
+    ...              torch.tensor([0.1, 0.1]), None, None, c)
+    (tensor([0.8800, 1.0000]), tensor([3., 0.]), tensor([0.1200, 0.0500]), None, None)
     """
     sign = ops.sign(grad * prev)
     factor = ops.where(sign > 0, c.etaplus, sign)
@@ -48,7 +48,7 @@ def rprop_update(param, grad, prev, step_size, unused, c: RpropCoefficients):
     factor = ops.where(factor != 0, factor, 1.0)
     step_size = ops.clamp(step_size * factor, c.step_size_min, c.step_size_max)
     grad = ops.where(factor != c.etaminus, grad, 0.0)
-    return ops.addcmul(param, ops.sign(grad), step_size, -1), grad, step_size, unused
+    return ops.addcmul(param, ops.sign(grad), step_size, -1), grad, step_size, unused2, unused3
 
 
 rprop = Rule("rprop", ("prev", "step_size"), rprop_coefficients, rprop_update)

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
+SLOT_COUNT = 4  # the most state slots a rule may have: the fused kernels pass each its own arguments
+
 
 @dataclass(frozen=True)
 class Rule:
@@ -18,9 +20,9 @@ class Rule:
     capturable and differentiable paths. ``fresh`` says the parameter has no value in
     its first slot yet (SGD starts its momentum buffer from the gradient); ``scalars``
     (``adamkit.rules.scalars``) supplies powers and square roots, torch's or correctly
-    rounded ones. ``update(param, grad, s0, s1, s2, c)`` is the elementwise update: it
-    takes the values of up to three state ``slots`` (a slot the parameter does not have
-    is None) and returns ``(param, s0, s1, s2)``. It is written with
+    rounded ones. ``update(param, grad, s0, s1, s2, s3, c)`` is the elementwise update:
+    it takes the values of up to four state ``slots`` (a slot the parameter does not
+    have is None) and returns ``(param, s0, s1, s2, s3)``. It is written with
     ``adamkit.rules.ops`` and plain arithmetic only, so it runs on whole tensors (the
     eager kernel) as well as on single numbers (the fused kernels).
 

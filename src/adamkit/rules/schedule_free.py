@@ -61,7 +61,7 @@ def schedule_free_coefficients(
     )
 
 
-def schedule_free_update(param, grad, z, exp_avg_sq, unused, c: ScheduleFreeCoefficients):
+def schedule_free_update(param, grad, z, exp_avg_sq, unused2, unused3, c: ScheduleFreeCoefficients):
     """One step, elementwise, on ``y`` (the parameter):
 
         v = beta2 v + (1 - beta2) g^2 ;  n = g / (sqrt(v / (1 - beta2^k)) + eps) + wd y
@@ -72,7 +72,8 @@ def schedule_free_update(param, grad, z, exp_avg_sq, unused, c: ScheduleFreeCoef
     >>> hp = {"betas": (0.9, 0.999), "eps": 0.0, "weight_decay": 0.0, "k": 1, "scheduled_lr": 0.1,
     ...       "lr_max": 0.1, "weight_sum": 0.01, "r": 0.0, "weight_lr_power": 2.0}
     >>> c = schedule_free_coefficients(hp, None, fresh=True)
-    >>> schedule_free_update(torch.tensor([1.0]), torch.tensor([2.0]), torch.zeros(1), torch.zeros(1), None, c)[:3]
+    >>> zeros = torch.zeros(1)
+    >>> schedule_free_update(torch.tensor([1.0]), torch.tensor([2.0]), zeros, zeros, None, None, c)[:3]
     (tensor([0.9000]), tensor([0.9000]), tensor([0.0040]))
     """
     if c.fresh:
@@ -82,7 +83,7 @@ def schedule_free_update(param, grad, z, exp_avg_sq, unused, c: ScheduleFreeCoef
     if c.weight_decay != 0:  # at y, on the normalized gradient
         normalized = ops.add_scaled(normalized, param, c.weight_decay)
     param = ops.add_scaled(ops.lerp(param, z, c.average_weight), normalized, c.y_step_scale)
-    return param, ops.add_scaled(z, normalized, c.z_step_scale), exp_avg_sq, unused
+    return param, ops.add_scaled(z, normalized, c.z_step_scale), exp_avg_sq, unused2, unused3
 
 
 schedule_free_adamw = Rule(

@@ -23,7 +23,7 @@ def sgd_coefficients(hp: Mapping, step: None, fresh: bool, scalars: ScalarMath =
     return SGDCoefficients(hp["momentum"], 1 - hp["dampening"], bool(hp["nesterov"]), -hp["lr"], fresh)
 
 
-def sgd_update(param, grad, momentum_buffer, unused1, unused2, c: SGDCoefficients):
+def sgd_update(param, grad, momentum_buffer, unused1, unused2, unused3, c: SGDCoefficients):
     """One SGD step. With momentum mu and dampening tau:
 
         b = g                              (first step)
@@ -35,8 +35,8 @@ def sgd_update(param, grad, momentum_buffer, unused1, unused2, c: SGDCoefficient
 
     >>> import torch
     >>> c = sgd_coefficients({"lr": 0.1, "momentum": 0.9, "dampening": 0.0, "nesterov": False}, None, True)
-    >>> sgd_update(torch.tensor([1.0]), torch.tensor([0.5]), None, None, None, c)
-    (tensor([0.9500]), tensor([0.5000]), None, None)
+    >>> sgd_update(torch.tensor([1.0]), torch.tensor([0.5]), None, None, None, None, c)
+    (tensor([0.9500]), tensor([0.5000]), None, None, None)
     """
     if c.momentum != 0:
         if c.first_step:
@@ -47,7 +47,7 @@ def sgd_update(param, grad, momentum_buffer, unused1, unused2, c: SGDCoefficient
             grad = ops.add_scaled(grad, momentum_buffer, c.momentum)
         else:
             grad = momentum_buffer
-    return ops.add_scaled(param, grad, c.neg_lr), momentum_buffer, unused1, unused2
+    return ops.add_scaled(param, grad, c.neg_lr), momentum_buffer, unused1, unused2, unused3
 
 
 sgd = Rule("sgd", ("momentum_buffer",), sgd_coefficients, sgd_update)

@@ -28,7 +28,7 @@ def yogi_coefficients(
     return YogiCoefficients(1 - beta1, 1 - beta2, *bias_corrections(hp, step, scalars))
 
 
-def yogi_update(param, grad, exp_avg, exp_avg_sq, unused, c: YogiCoefficients):
+def yogi_update(param, grad, exp_avg, exp_avg_sq, unused2, unused3, c: YogiCoefficients):
     """One Yogi step: Adam with an additive, sign-controlled second moment.
 
         m = beta1 m + (1 - beta1) g
@@ -40,7 +40,7 @@ def yogi_update(param, grad, exp_avg, exp_avg_sq, unused, c: YogiCoefficients):
 
     >>> import torch
     >>> c = yogi_coefficients({"lr": 0.01, "betas": (0.9, 0.999), "eps": 1e-3}, 1.0)
-    >>> _, _, v, _ = yogi_update(torch.zeros(1), torch.tensor([2.0]), torch.zeros(1), torch.zeros(1), None, c)
+    >>> _, _, v, _, _ = yogi_update(torch.zeros(1), torch.tensor([2.0]), torch.zeros(1), torch.zeros(1), None, None, c)
     >>> v  # + (1 - beta2) * g^2
     tensor([0.0040])
     """
@@ -48,7 +48,7 @@ def yogi_update(param, grad, exp_avg, exp_avg_sq, unused, c: YogiCoefficients):
     grad_sq = grad * grad
     exp_avg_sq = exp_avg_sq - c.one_minus_beta2 * ops.sign(exp_avg_sq - grad_sq) * grad_sq
     denom = ops.div(ops.sqrt(exp_avg_sq), c.denom_scale) + c.denom_shift
-    return ops.addcdiv(param, exp_avg, denom, c.step_scale), exp_avg, exp_avg_sq, unused
+    return ops.addcdiv(param, exp_avg, denom, c.step_scale), exp_avg, exp_avg_sq, unused2, unused3
 
 
 yogi = Rule("yogi", ("exp_avg", "exp_avg_sq"), yogi_coefficients, yogi_update)
