@@ -359,6 +359,64 @@ def _assert_correctly_rounded(found: list[str], width: str = "f32", required=("d
     assert {f"{operation}.rn.{width}" for operation in required} <= set(found), found
 
 
+# The pass as the kernel launches it (its BLOCK and NUM_WARPS, the rule's own slots), through
+# Triton's bundled ptxas -v: registers per thread and spilled bytes, per configuration.
+REGISTERS_AND_SPILLS = """
+import json, os, re, subprocess, tempfile, triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import get_ptxas
+from adamkit import rules
+from adamkit.kernels.compile_cache import triton_loops_for
+from adamkit.kernels.fused_cuda import BLOCK, NUM_WARPS
+from adamkit.rules import SLOT_COUNT
+
+names = dict(fp32=tl.float32, bf16=tl.bfloat16, fp64=tl.float64, int8=tl.int8)
+found = {}
+for arch in (90, 80):
+    for rule, storage, state in ((rules.adam, "fp32", "fp32"), (rules.adam, "fp64", "fp64"), (rules.adam, "fp32", "int8"),
+                                 (rules.adan, "bf16", "bf16"), (rules.adan, "fp32", "int8")):
+        compute = "fp64" if storage == "fp64" else "fp32"
+        signature = dict(tables="*i64", elements="*i64", block_tensor="*i32", block_start="*i64",
+                         coefficients="*" + compute, decay_coefficients="*" + compute, flags="*i32", count="i32",
+                         tensor_ids="*i64", noise_seed="i32", noise_round="i32", codebook="*fp32")
+        slots = {f"SLOT{i}": names[state] if i < len(rule.slots) else None for i in range(SLOT_COUNT)}
+        constants = dict(STORAGE=names[storage], COMPUTE=names[compute], **slots, WATCH=True, BLOCK=BLOCK,
+                         STOCHASTIC=state == "bf16")
+        signature.update(dict.fromkeys(constants, "constexpr"))
+        source = triton.compiler.ASTSource(triton_loops_for(rule).fused_pass, signature=signature, constexprs=constants)
+        kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                                options=dict(enable_fp_fusion=False, num_warps=NUM_WARPS))
+        with tempfile.TemporaryDirectory() as folder:
+            ptx = os.path.join(folder, "pass.ptx")
+            with open(ptx, "w") as file:
+                file.write(kernel.asm["ptx"])
+            report = subprocess.run([get_ptxas(arch).path, "-v", "-arch=sm_90a" if arch == 90 else "-arch=sm_80", ptx,
+                                     "-o", os.path.join(folder, "pass.cubin")], capture_output=True, text=True, check=True)
+        text = report.stdout + report.stderr
+        spilled = [int(n) for n in re.findall(r"(\\d+) bytes spill (?:stores|loads)", text)]
+        registers = int(re.search(r"Used (\\d+) registers", text).group(1))
+        found[f"sm_{arch}-{rule.name}-{storage}-{state}-state"] = [registers, spilled]
+print(json.dumps(found))
+"""
+
+
+def test_common_configurations_compile_without_register_spills():
+    """Adam (all three slots) and Adan (four) with fp32, fp64, bf16 and int8 state, for
+    sm_90 and sm_80: int8 state takes the most registers (about 240 of 255 on sm_90), so
+    a change that adds a few shows up here as spills before it slows a GPU down."""
+    environment = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    environment["PYTHONPATH"] = os.pathsep.join([str(SOURCE), environment.get("PYTHONPATH", "")])
+    completed = subprocess.run([sys.executable, "-c", REGISTERS_AND_SPILLS], capture_output=True, text=True,
+                               env=environment, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    import json
+
+    found = json.loads(completed.stdout.splitlines()[-1])
+    assert len(found) == 10
+    for configuration, (registers, spilled) in found.items():
+        assert 0 < registers <= 255 and spilled and not any(spilled), (configuration, registers, spilled)
+
+
 @pytest.mark.slow
 def test_pass_compiles_for_an_h100_with_correctly_rounded_operations_only():
     """Every rule and storage, compiled for sm_90 by the real compiler (not the
