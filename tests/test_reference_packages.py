@@ -183,6 +183,21 @@ def test_adan_for_loop_equals_pytorch_optimizers_bit_for_bit(name):
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
 
 
+def test_adan_maximize_equals_the_package_on_negated_gradients():
+    """Maximizing f is minimizing -f, from step 1 on (the package's own maximize is not
+    that at step 1: it takes the difference to the unnegated gradient)."""
+    ours = [torch.nn.Parameter(t) for t in _initial(torch.float32)]
+    theirs = [torch.nn.Parameter(t) for t in _initial(torch.float32)]
+    maximizing = adamkit.Adan(ours, lr=1e-2, weight_decay=0.1, maximize=True, foreach=False)
+    minimizing = pytorch_optimizer.Adan(theirs, lr=1e-2, weight_decay=0.1, foreach=False)
+    for step in range(20):
+        for p, q in zip(ours, theirs):
+            p.grad, q.grad = _gradient(p.detach(), step), -_gradient(q.detach(), step)
+        maximizing.step()
+        minimizing.step()
+    assert all(torch.equal(p, q) for p, q in zip(ours, theirs))
+
+
 def test_lion_checkpoints_move_both_ways_with_lion_pytorch():
     """One state tensor, ``exp_avg``, and no step count: lion-pytorch's state dict."""
     reference, optimizer = _run(CASES["lion"].ours, torch.float32, steps=5)
