@@ -121,6 +121,12 @@ def test_constructor_rejects_like_torch(torch_cls, adamkit_cls, case):
     )
 
 
+@pytest.mark.parametrize("cls", [adamkit.AdEMAMix, adamkit.Adan])
+def test_three_beta_algorithms_name_betas_of_another_length(cls):
+    with pytest.raises(ValueError, match=rf"^Invalid betas: \(0.9, 0.999\); {cls.__name__} takes three"):
+        cls(_p(), betas=(0.9, 0.999))
+
+
 def test_constructor_error_examples_have_torchs_wording():
     """Spot-check the messages themselves, so a change in torch cannot hide a mismatch."""
     p = _p()

@@ -113,7 +113,8 @@ def fused_pass(
         _keep(tables, 2, t, count, s0_pointer, y0, offsets, mask, SLOT0, key01, STOCHASTIC, BLOCK)
     if SLOT1 is not None:
         _keep(tables, 3, t, count, s1_pointer, y1, offsets, mask, SLOT1, key01, STOCHASTIC, BLOCK)
-    key23 = triton_ops.noise_key(noise_seed, noise_round, tensor_id, 2)
+    if SLOT2 is not None or SLOT3 is not None:
+        key23 = triton_ops.noise_key(noise_seed, noise_round, tensor_id, 2)
     if SLOT2 is not None:
         _keep(tables, 4, t, count, s2_pointer, y2, offsets, mask, SLOT2, key23, STOCHASTIC, BLOCK)
     if SLOT3 is not None:

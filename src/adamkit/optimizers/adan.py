@@ -8,7 +8,7 @@ from torch import Tensor
 
 from adamkit import rules
 from adamkit.optimizers.base import AdamkitOptions, RuleOptimizer
-from adamkit.optimizers.hyperparameters import check_adam_hyperparameters
+from adamkit.optimizers.hyperparameters import check_adam_hyperparameters, check_three_betas
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -54,8 +54,7 @@ class Adan(RuleOptimizer):
         foreach: bool | None = None,
         **options: Unpack[AdamkitOptions],
     ) -> None:
-        if len(betas) != 3:
-            raise ValueError(f"Invalid betas: {betas}; Adan takes three, (beta1, beta2, beta3)")
+        check_three_betas(betas, "Adan")
         check_adam_hyperparameters(lr, eps, betas, weight_decay, foreach=None, capturable=False)
         defaults = {
             "lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "no_prox": no_prox,

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from adamkit import rules
 from adamkit.optimizers.base import AdamkitOptions, RuleOptimizer
-from adamkit.optimizers.hyperparameters import check_adam_hyperparameters
+from adamkit.optimizers.hyperparameters import check_adam_hyperparameters, check_three_betas
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -53,8 +53,7 @@ class AdEMAMix(RuleOptimizer):
         foreach: bool | None = None,
         **options: Unpack[AdamkitOptions],
     ) -> None:
-        if len(betas) != 3:
-            raise ValueError(f"Invalid betas: {betas}; AdEMAMix takes three, (beta1, beta2, beta3)")
+        check_three_betas(betas, "AdEMAMix")
         check_adam_hyperparameters(lr, eps, betas, weight_decay, foreach=None, capturable=False)
         if not 0.0 <= alpha:
             raise ValueError(f"Invalid alpha: {alpha}; use a weight >= 0 for the slow momentum")

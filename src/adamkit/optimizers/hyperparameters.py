@@ -64,6 +64,18 @@ def check_betas(betas: tuple[float | Tensor, float | Tensor], *, foreach: bool |
                 raise ValueError(f"Tensor betas[{index}] must be 1-element")
 
 
+def check_three_betas(betas: tuple, algorithm: str) -> None:
+    """Raise a ValueError naming ``betas`` unless there are three (AdEMAMix, Adan).
+
+    >>> check_three_betas((0.9, 0.999), "Adan")
+    Traceback (most recent call last):
+    ...
+    ValueError: Invalid betas: (0.9, 0.999); Adan takes three, (beta1, beta2, beta3)
+    """
+    if len(betas) != 3:
+        raise ValueError(f"Invalid betas: {betas}; {algorithm} takes three, (beta1, beta2, beta3)")
+
+
 def check_adam_hyperparameters(
     lr: float | Tensor, eps: float, betas: tuple, weight_decay: float, *, foreach: bool | None, capturable: bool
 ) -> None:
