@@ -301,7 +301,8 @@ def test_a_trace_shows_int8_state_as_values():
         optimizer.step()
     record = recorded.records[0]
     assert record.exp_avg.dtype == torch.float32 and (record.exp_avg_sq >= 0).all()
-    assert torch.allclose(record.exp_avg, 0.1 * p.grad, rtol=0.0625, atol=3e-4)  # under 2^-10.5 of the block's largest: 0
+    # within a step (an eighth of an octave at most); under 2^-10.5 of the block's largest: 0
+    assert torch.allclose(record.exp_avg, 0.1 * p.grad, rtol=0.125, atol=3e-4)
 
 
 @pytest.mark.parametrize("state_dtype", [None, "fp32", "bf16", "int8"])

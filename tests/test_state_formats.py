@@ -66,12 +66,14 @@ def test_adam_state_bytes_per_parameter():
         assert _state_bytes(optimizer, params) / sum(p.numel() for p in params) == pytest.approx(expected, rel=1e-3), state_dtype
 
 
+@pytest.mark.parametrize("state_dtype", LOW)
 @pytest.mark.parametrize("cls,kwargs", ALGORITHMS, ids=IDS)
-def test_the_same_seed_gives_the_same_bits(cls, kwargs):
+def test_the_same_seed_gives_the_same_bits(cls, kwargs, state_dtype):
     runs = [(_params(), seed) for seed in (7, 7, 8)]
-    states = [(_run(cls, kwargs, params, state_dtype="bf16", state_seed=seed), params) for params, seed in runs]
+    states = [(_run(cls, kwargs, params, state_dtype=state_dtype, state_seed=seed), params) for params, seed in runs]
     big = [i for i, p in enumerate(runs[0][0]) if p.numel() >= formats.MIN_ELEMENTS]
-    slot = next(k for k, t in states[0][0].state[runs[0][0][0]].items() if t.dtype is torch.bfloat16)
+    narrow = torch.bfloat16 if state_dtype == "bf16" else torch.int8
+    slot = next(k for k, t in states[0][0].state[runs[0][0][0]].items() if t.dtype is narrow)
 
     def bits(index):
         optimizer, params = states[index]
@@ -104,6 +106,35 @@ def test_stochastic_rounding_keeps_updates_smaller_than_bf16s_spacing():
     assert torch.allclose(exact, torch.full_like(exact, 1.01), atol=1e-5)
     assert torch.equal(nearest, torch.ones_like(nearest))  # round-to-nearest loses every update
     assert abs(stochastic.mean().item() - 1.01) < 5e-4  # unbiased: the mean follows the fp32 value
+
+
+def test_stochastic_rounding_keeps_a_slow_averages_increments_smaller_than_half_an_int8_step():
+    """An average at 0.5 moving towards 1.0 at decay 0.9999 (Adam's beta2) in blocks whose
+    largest value stays 1.0: each step adds 5e-5, while int8's steps near 0.5 are 2^-6
+    apart, so codes rounded to nearest never move; rounded stochastically, the mean
+    follows fp32's 0.5476 after 1000 steps."""
+    start = torch.full((20_480,), 0.5)
+    start[::256] = 1.0  # each block's scale
+
+    def run(state_dtype):
+        p = torch.nn.Parameter(torch.zeros_like(start))
+        optimizer = adamkit.SGD([p], lr=0.0, momentum=0.9999, dampening=0.9999, state_dtype=state_dtype)
+        p.grad = start.clone()
+        optimizer.step()  # the buffer starts as the first gradient
+        for _ in range(1000):
+            p.grad = torch.ones_like(p)
+            optimizer.step()
+        return formats.decoded(optimizer.state[p])["momentum_buffer"]
+
+    moving = start != 1.0
+    exact = run("fp32")[moving]
+    assert exact.mean().item() == pytest.approx(1 - 0.5 * 0.9999**1000, rel=1e-4)
+    nearest = formats.dequantize(*formats.quantize(start))
+    for _ in range(1000):
+        nearest = formats.dequantize(*formats.quantize(0.9999 * nearest + 0.0001))
+    assert torch.equal(nearest, start)  # round-to-nearest loses every increment
+    stochastic = run("int8")[moving]
+    assert abs(stochastic.mean().item() - exact.mean().item()) < 5e-4
 
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "eager"])
@@ -263,12 +294,14 @@ def test_cpu_int8_codec_agrees_with_the_formats_for_every_code_and_special_value
         torch.linspace(0, 1, 256) ** 8,
         -torch.linspace(0, 1, 256) ** 4,
     ]
+    key = formats.noise_key(7, 3, 2, 1)
     for values in blocks:
-        codes, scales = np.empty(256, np.int8), np.empty(1, np.float32)
-        store_int8_block(codes, scales, 0, values.numpy(), 256)
-        expected_codes, expected_scales = formats.quantize(values)
-        assert torch.equal(torch.from_numpy(codes), expected_codes), values[:4]
-        assert torch.equal(torch.from_numpy(scales).view(torch.int32), expected_scales.view(torch.int32)), values[:4]
+        for rounding in ({"key": None, "slot": 0}, {"key": key, "slot": 0}, {"key": key, "slot": 1}):
+            codes, scales = np.empty(512, np.int8), np.empty(2, np.float32)
+            store_int8_block(codes, scales, 1, values.numpy(), 256, rounding["key"], rounding["slot"])
+            expected_codes, expected_scales = formats.quantize(values, offset=256, **rounding)
+            assert torch.equal(torch.from_numpy(codes[256:]), expected_codes), (values[:4], rounding)
+            assert torch.equal(torch.from_numpy(scales[1:]).view(torch.int32), expected_scales.view(torch.int32))
 
 
 def test_the_threshold_is_a_constructor_argument_and_applies_to_state_made_at_construction():

@@ -42,7 +42,7 @@ def fused_pass(
     each slot's storage type. A slot with scales (``scale0``...) is int8 state: read from
     its codes and the block's scale, and written back a block at a time, once the
     block's new values, and so its scale, are known (work items start at multiples of 256).
-    Unless ``noise`` is None, bf16 state is rounded stochastically, keyed by ``noise``
+    Unless ``noise`` is None, bf16 and int8 state is rounded stochastically, keyed by ``noise``
     (seed, step) and the tensor's id. With ``watch``, it records in ``changed`` per work
     item whether any parameter element changed (a flag, not a compiled variant: the
     compiler hoists the test out of the loop).
@@ -88,10 +88,10 @@ def fused_pass(
                 keep_state(slot3, scale3, s3, i, y3, k23, held, 3, k)
                 if watch:
                     moved |= load(p, i) != old
-            finish_block(scale0, s0, f0, block, held[0], count)
-            finish_block(scale1, s1, f1, block, held[1], count)
-            finish_block(scale2, s2, f2, block, held[2], count)
-            finish_block(scale3, s3, f3, block, held[3], count)
+            finish_block(scale0, s0, f0, block, held[0], count, k01, 0)
+            finish_block(scale1, s1, f1, block, held[1], count, k01, 1)
+            finish_block(scale2, s2, f2, block, held[2], count, k23, 2)
+            finish_block(scale3, s3, f3, block, held[3], count, k23, 3)
         if watch:
             changed[w] = moved
 

@@ -200,7 +200,7 @@ class _StateStore:
         self.state, self.param, self.spec = state, param, spec
         self.formatted = spec is not None and spec.state_dtype is not None
         self.compute_dtype = torch.float64 if param.dtype in (torch.float64, torch.complex128) else torch.float32
-        if self.formatted and spec.stochastic:  # used where a slot is stored in bf16
+        if self.formatted and spec.stochastic:  # used where a slot is stored in bf16 or int8
             self.rounding = (spec.seed, int(step if step is not None else spec.rounds), spec.tensor_ids.get(id(param), position))
         else:
             self.rounding = None
@@ -212,15 +212,22 @@ class _StateStore:
             return dequantize(value, self.state[name + SCALE_SUFFIX]).to(self.compute_dtype)
         return value.to(self.compute_dtype) if self.formatted else value
 
+    def _key(self, slot: int):
+        """The rounding key of ``slot`` in this step; None where state is rounded to nearest."""
+        if self.rounding is None:
+            return None
+        seed, round_, tensor = self.rounding
+        return noise_key(seed, round_, tensor, slot)
+
     def write(self, name: str, slot: int, value: Tensor, target: Tensor, offset: int, scales: Tensor | None = None) -> None:
         """Store ``value`` into ``target`` (slot ``slot``, the state tensor or a piece of it
         starting at element ``offset``), rounded as its format says."""
-        if self.rounding is not None and target.dtype is torch.bfloat16:
-            seed, round_, tensor = self.rounding
-            value = stochastic_bfloat16(value, noise_key(seed, round_, tensor, slot), offset, slot, like=target)
+        key = self._key(slot)
+        if key is not None and target.dtype is torch.bfloat16:
+            value = stochastic_bfloat16(value, key, offset, slot, like=target)
         if target.dtype is torch.int8:
             scales = self.state[name + SCALE_SUFFIX] if scales is None else scales
-            codes, block_scales = quantize(value, like=target)
+            codes, block_scales = quantize(value, like=target, key=key, offset=offset, slot=slot)
             target.copy_(codes)
             scales.copy_(block_scales)
         else:
@@ -232,13 +239,13 @@ class _StateStore:
         if self.formatted and value.is_sparse:  # made from a sparse gradient; formatted state is dense
             value = value.to_dense()
         storage = spec.storage_dtype(param, name) if self.formatted else None
+        key = self._key(slot)
         if storage is torch.int8:
-            codes, self.state[name + SCALE_SUFFIX] = quantize(value, like=local_tensor(param))
+            codes, self.state[name + SCALE_SUFFIX] = quantize(value, like=local_tensor(param), key=key, slot=slot)
             self.state[name] = like_param(codes, param)
             return
-        if self.rounding is not None and storage is torch.bfloat16:
-            seed, round_, tensor = self.rounding
-            value = stochastic_bfloat16(value, noise_key(seed, round_, tensor, slot), 0, slot, like=local_tensor(param))
+        if key is not None and storage is torch.bfloat16:
+            value = stochastic_bfloat16(value, key, 0, slot, like=local_tensor(param))
         elif self.formatted:
             value = value.to(storage)
         if complex_as_real and torch.is_complex(param):

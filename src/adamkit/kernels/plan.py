@@ -167,9 +167,9 @@ class FusedPlan:
 
     def rounds_stochastically(self, spec: StateSpec) -> bool:
         """Whether a pass over this plan rounds state stochastically: only where the format
-        asks for it and a slot is stored in bf16. A group's tensors under the threshold
-        keep fp32 state, and their pass compiles without the rounding's key."""
-        return spec.stochastic and torch.bfloat16 in self.slot_dtypes
+        asks for it and a slot is stored in bf16 or int8. A group's tensors under the
+        threshold keep fp32 state, and their pass compiles without the rounding's key."""
+        return spec.stochastic and bool({torch.bfloat16, torch.int8} & set(self.slot_dtypes))
 
     def state_unchanged(self, states: Mapping[Tensor, dict]) -> bool:
         """The optimizer's state holds the same tensors, at the same addresses, with the

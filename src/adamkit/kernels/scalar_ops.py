@@ -29,7 +29,7 @@ from numba.extending import intrinsic, overload
 from numba.np.numpy_support import as_dtype
 
 from adamkit.state.formats import (
-    OVERFLOW_BITS, SIGNED_INF, SIGNED_MANTISSA_BITS, SIGNED_NAN, SIGNED_STEPS, UNSIGNED_INF, UNSIGNED_MANTISSA_BITS,
+    NEAREST_NOISE, OVERFLOW_BITS, SIGNED_INF, SIGNED_MANTISSA_BITS, SIGNED_NAN, SIGNED_STEPS, UNSIGNED_INF, UNSIGNED_MANTISSA_BITS,
     UNSIGNED_NAN, UNSIGNED_STEPS, step_regions,
 )
 
@@ -207,13 +207,25 @@ def _store(pointer, index, value):
     return {types.uint16: _store_bfloat16, types.int16: _store_half}.get(pointer.dtype, _store_native)
 
 
+def element_noise(key, index, slot):
+    """The 16 random bits (uint32) element ``index`` of state slot ``slot`` draws under
+    ``key``: the low half of its hash for an even slot, the high half for an odd one.
+    With ``key`` None, ``NEAREST_NOISE``: int8 codes rounded to the nearest step."""
+
+
+@overload(element_noise)
+def _element_noise(key, index, slot):
+    if isinstance(key, types.NoneType):
+        return lambda key, index, slot: np.uint32(NEAREST_NOISE)
+    return lambda key, index, slot: (_element_hash(key, index) >> np.uint32(16 * (slot & 1))) & np.uint32(0xFFFF)
+
+
 def _store_bfloat16_stochastic(pointer, index, value, key, slot):
     # Round up with probability equal to the part truncation drops: unbiased. 16 bits
     # added below bf16's last bit leave an infinity as it is; every NaN becomes the
     # canonical one. Masks, not branches.
     bits = _float_bits(np.float32(value))
-    noise = (_element_hash(key, index) >> np.uint32(16 * (slot & 1))) & np.uint32(0xFFFF)
-    rounded = np.uint32((bits + noise) >> np.uint32(16))
+    rounded = np.uint32((bits + element_noise(key, index, slot)) >> np.uint32(16))
     nan = np.uint32(value != value)
     pointer[index] = np.uint16(rounded + nan * (np.uint32(0x7FC0) - rounded))
 
@@ -417,14 +429,14 @@ def _region_values(builder, is_signed, inside, field):
 
 
 @intrinsic
-def int8_code(typingctx, value, absmax, signed):
+def int8_code(typingctx, value, absmax, signed, noise):
     """The code of ``value`` (fp32) in a block whose largest magnitude under OVERFLOW is
     ``absmax``, in the signed code if ``signed`` (nonzero): the ratio to ``absmax``
-    rounded to the nearest step of its region (halves to the larger ratio), found from
-    the ratio's bits (``adamkit.state.formats.step_regions``). Zero, underflow and NaN
-    ratios code as 0; NaN gets its code, infinite and overflowing values the infinities'."""
+    rounded to a step of its region with ``noise`` (``adamkit.state.formats.NEAREST_NOISE``),
+    found from the ratio's bits (``adamkit.state.formats.step_regions``). Zero, underflow
+    and NaN ratios code as 0; NaN gets its code, infinite and overflowing values the infinities'."""
     def codegen(context, builder, signature, args):
-        value, absmax, signed = args
+        value, absmax, signed, noise = args
         is_signed = builder.icmp_unsigned("!=", signed, ir.Constant(signed.type, 0))
         magnitude = _magnitude(builder, value)
         ratio = builder.fdiv(magnitude, absmax)
@@ -437,8 +449,9 @@ def int8_code(typingctx, value, absmax, signed):
 
         origin = _region_values(builder, is_signed, inside, "origin")
         shift = _region_values(builder, is_signed, inside, "shift")
-        half = builder.sub(builder.shl(_i32(1), builder.sub(shift, _i32(1))), _i32(1))
-        steps = builder.ashr(builder.add(builder.sub(origin, bits), half), shift)
+        width = builder.sub(shift, _i32(16))
+        rounding = builder.or_(builder.shl(noise, width), builder.sub(builder.shl(_i32(1), width), _i32(1)))
+        steps = builder.ashr(builder.add(builder.sub(origin, bits), rounding), shift)
         limit = builder.select(is_signed, _i32(SIGNED_STEPS), _i32(UNSIGNED_STEPS))
         kept = builder.and_(builder.fcmp_ordered(">", ratio, ir.Constant(_F32, 0.0)), builder.icmp_signed("<", steps, limit))
         code = builder.sub(builder.select(is_signed, _i32(127), _i32(255)), steps)
@@ -454,7 +467,7 @@ def int8_code(typingctx, value, absmax, signed):
         code = builder.select(builder.fcmp_unordered("uno", value, value), nan, code)
         return builder.trunc(code, ir.IntType(8))
 
-    return types.int8(types.float32, types.float32, types.uint32), codegen
+    return types.int8(types.float32, types.float32, types.uint32, types.uint32), codegen
 
 
 @intrinsic
@@ -500,8 +513,9 @@ def int8_value(typingctx, code, scale):
 
 
 @njit  # once per block: a call costs nothing, and inlining it trips numba's SSA check
-def store_int8_block(codes, scales, block, values, count):
-    """Code ``values[:count]`` (fp32), the new values of one block of 256, into int8."""
+def store_int8_block(codes, scales, block, values, count, key, slot):
+    """Code ``values[:count]`` (fp32), the new values of one block of 256, into int8,
+    rounded as ``element_noise`` draws for ``key`` and ``slot``."""
     # The largest magnitude under OVERFLOW, as the largest bit pattern of |value| below
     # its pattern: an integer maximum vectorizes, a float one cannot without fast-math.
     largest = np.uint32(0)
@@ -515,7 +529,7 @@ def store_int8_block(codes, scales, block, values, count):
     scales[block] = _bits_float(largest | (signed << np.uint32(31)))
     start = block * 256
     for k in range(count):
-        codes[start + k] = int8_code(values[k], absmax, signed)
+        codes[start + k] = int8_code(values[k], absmax, signed, element_noise(key, start + k, slot))
 
 
 # A state slot in a pass: ``slot`` is the pass's argument for it (None if the rule keeps
@@ -535,8 +549,8 @@ def keep_state(slot, coded, values, index, value, key, held, row, position):
     in ``held[row, position]`` (fp32) until its int8 block is complete."""
 
 
-def finish_block(coded, values, scales, block, held_row, count):
-    """Store an int8 slot's held block; nothing for other slots."""
+def finish_block(coded, values, scales, block, held_row, count, key, slot):
+    """Store an int8 slot's held block, rounded under ``key``; nothing for other slots."""
 
 
 @overload(block_scale)
@@ -573,14 +587,14 @@ def _keep_state(slot, coded, values, index, value, key, held, row, position):
     return _keep_stored if isinstance(coded, types.NoneType) else _keep_held
 
 
-def _finish_nothing(coded, values, scales, block, held_row, count):
+def _finish_nothing(coded, values, scales, block, held_row, count, key, slot):
     pass
 
 
-def _finish_int8(coded, values, scales, block, held_row, count):
-    store_int8_block(values, scales, block, held_row, count)
+def _finish_int8(coded, values, scales, block, held_row, count, key, slot):
+    store_int8_block(values, scales, block, held_row, count, key, slot)
 
 
 @overload(finish_block)
-def _finish_block(coded, values, scales, block, held_row, count):
+def _finish_block(coded, values, scales, block, held_row, count, key, slot):
     return _finish_nothing if isinstance(coded, types.NoneType) else _finish_int8

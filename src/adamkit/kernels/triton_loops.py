@@ -59,7 +59,8 @@ def _slot(tables, row: tl.constexpr, t, count, offsets, mask, STORAGE: tl.conste
 def _keep(tables, row: tl.constexpr, t, count, pointer, value, offsets, mask, STORAGE: tl.constexpr, key,
           STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr):
     if STORAGE == tl.int8:
-        codes, block_scales = triton_ops.encode_int8(value, mask, BLOCK)
+        noise = triton_ops.element_noise(key, offsets, STOCHASTIC, row - 2)
+        codes, block_scales = triton_ops.encode_int8(value, mask, noise, BLOCK)
         tl.store(pointer + offsets, codes, mask=mask)
         scales = tl.load(tables + (row + SCALE_ROWS) * count + t).to(tl.pointer_type(tl.float32))
         first = tl.min(offsets, axis=0)  # the block's start, a multiple of 256
@@ -84,7 +85,7 @@ def fused_pass(
     """Step one block. ``SLOT0``...``SLOT3`` are the slots' storage dtypes, None for a
     slot the parameters lack (not read or written; the rule gets the gradient in its
     place and never uses it). An int8 slot is decoded with ``codebook`` and coded
-    a block of 256 at a time. With ``STOCHASTIC``, bf16
+    a block of 256 at a time. With ``STOCHASTIC``, bf16 and int8
     state is rounded stochastically, keyed by the seed, the step and the tensor's id.
     With ``WATCH``, ``flags[2t]`` is set if any gradient element of tensor t is nonzero,
     ``flags[2t + 1]`` if any parameter element changed (as stored)."""

@@ -12,8 +12,8 @@ import triton
 import triton.language as tl
 
 from adamkit.state.formats import (
-    OVERFLOW_BITS, SIGNED_INF, SIGNED_MANTISSA_BITS, SIGNED_NAN, SIGNED_STEPS, UNSIGNED_INF, UNSIGNED_MANTISSA_BITS,
-    UNSIGNED_NAN, UNSIGNED_STEPS, step_regions,
+    NEAREST_NOISE, OVERFLOW_BITS, SIGNED_INF, SIGNED_MANTISSA_BITS, SIGNED_NAN, SIGNED_STEPS, UNSIGNED_INF,
+    UNSIGNED_MANTISSA_BITS, UNSIGNED_NAN, UNSIGNED_STEPS, step_regions,
 )
 
 
@@ -137,13 +137,22 @@ def noise_key(seed, round_, tensor, slot):
 
 
 @triton.jit
+def element_noise(key, offsets, STOCHASTIC: tl.constexpr, SLOT: tl.constexpr):
+    """As ``scalar_ops.element_noise``: the elements' 16 random bits (uint32) for state
+    slot ``SLOT`` when ``STOCHASTIC``, else the code of rounding to the nearest step."""
+    if STOCHASTIC:
+        return (_mix32(key ^ offsets.to(tl.uint32)) >> (16 * (SLOT % 2))) & 0xFFFF
+    return tl.full(offsets.shape, _NEAREST_NOISE, tl.uint32)
+
+
+@triton.jit
 def to_state(value, STORAGE: tl.constexpr, key, offsets, STOCHASTIC: tl.constexpr, SLOT: tl.constexpr):
     """``value``, state slot ``SLOT``, as stored: bf16 rounded stochastically under
     ``key`` (element i drawing the bits ``scalar_ops.store_state`` would) when
     ``STOCHASTIC``, else ``to_storage``."""
     if STOCHASTIC and STORAGE == tl.bfloat16:
         bits = value.to(tl.float32).to(tl.uint32, bitcast=True)
-        noise = (_mix32(key ^ offsets.to(tl.uint32)) >> (16 * (SLOT % 2))) & 0xFFFF
+        noise = element_noise(key, offsets, STOCHASTIC, SLOT)
         rounded = ((bits + noise) >> 16).to(tl.uint16)
         rounded = tl.where(value != value, tl.full(rounded.shape, 0x7FC0, tl.uint16), rounded)
         return rounded.to(tl.bfloat16, bitcast=True)
@@ -164,6 +173,7 @@ _S_SHIFT0, _S_SHIFT1, _S_SHIFT2 = (tl.constexpr(r.shift) for r in _SIGNED_REGION
 _U_STEPS, _S_STEPS = tl.constexpr(UNSIGNED_STEPS), tl.constexpr(SIGNED_STEPS)
 _U_NAN, _U_INF, _S_NAN, _S_INF = (tl.constexpr(code) for code in (UNSIGNED_NAN, UNSIGNED_INF, SIGNED_NAN, SIGNED_INF))
 _OVERFLOW_BITS = tl.constexpr(OVERFLOW_BITS)
+_NEAREST_NOISE = tl.constexpr(NEAREST_NOISE)
 
 
 @triton.jit
@@ -177,10 +187,10 @@ def decode_int8(codes, scales, codebook):
 
 
 @triton.jit
-def encode_int8(values, mask, BLOCK: tl.constexpr):
+def encode_int8(values, mask, noise, BLOCK: tl.constexpr):
     """``(codes, scales)``: ``values`` (``BLOCK`` of them, 256-aligned) coded blockwise
-    as ``scalar_ops.store_int8_block`` codes them; the elements outside ``mask`` are left
-    out of each block's scale."""
+    as ``scalar_ops.store_int8_block`` codes them, rounded with ``noise`` (``element_noise``);
+    the elements outside ``mask`` are left out of each block's scale."""
     narrow = values.to(tl.float32)
     bits = narrow.to(tl.uint32, bitcast=True)
     magnitude_bits = bits & 0x7FFFFFFF
@@ -204,7 +214,8 @@ def encode_int8(values, mask, BLOCK: tl.constexpr):
                       tl.where(middle, tl.where(is_signed, _S_ORIGIN1, _U_ORIGIN1), tl.where(is_signed, _S_ORIGIN2, _U_ORIGIN2)))
     shift = tl.where(top, tl.where(is_signed, _S_SHIFT0, _U_SHIFT0),
                      tl.where(middle, tl.where(is_signed, _S_SHIFT1, _U_SHIFT1), tl.where(is_signed, _S_SHIFT2, _U_SHIFT2)))
-    steps = (origin - ratio_bits + (1 << (shift - 1)) - 1) >> shift
+    width = shift - 16
+    steps = (origin - ratio_bits + ((noise.to(tl.int32) << width) | ((1 << width) - 1))) >> shift
     kept = (ratio > 0) & (steps < tl.where(is_signed, _S_STEPS, _U_STEPS))
     code = tl.where(kept, tl.where(is_signed, 127, 255) - steps, 0)
     code = tl.where(is_signed & (narrow < 0), -code, code)

@@ -74,7 +74,7 @@ class RuleOptimizer(Optimizer):
     zeros (``warn_zero_grad_update=False`` turns that off). ``state_dtype`` ("fp32",
     "bf16", "int8"; also per param group) stores the state in another format than the
     parameter's dtype, for tensors of at least ``low_precision_min_elements`` elements
-    (``adamkit.state.formats``); ``state_seed`` (0 to 2**32 - 1) seeds bf16's stochastic
+    (``adamkit.state.formats``); ``state_seed`` (0 to 2**32 - 1) seeds its stochastic
     rounding. A step that raises changes nothing (``adamkit.optimizers.dispatch``).
 
     Under ``torch.distributed`` both gradient checks are agreed on by the ranks of

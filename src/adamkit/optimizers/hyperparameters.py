@@ -104,13 +104,13 @@ def check_state_options(state_dtype, state_seed, low_precision_min_elements) -> 
     >>> check_state_options("bf16", 2**32, 4096)
     Traceback (most recent call last):
     ...
-    ValueError: Invalid state_seed: 4294967296; use an integer from 0 to 2**32 - 1 (it seeds bf16 state's stochastic rounding)
+    ValueError: Invalid state_seed: 4294967296; use an integer from 0 to 2**32 - 1 (it seeds bf16 and int8 state's stochastic rounding)
     """
     check_state_dtype(state_dtype)
     if not (_is_integer(state_seed) and 0 <= state_seed < SEED_LIMIT):
         raise ValueError(
             f"Invalid state_seed: {state_seed!r}; use an integer from 0 to 2**32 - 1 "
-            "(it seeds bf16 state's stochastic rounding)"
+            "(it seeds bf16 and int8 state's stochastic rounding)"
         )
     if not (_is_integer(low_precision_min_elements) and low_precision_min_elements >= 0):
         raise ValueError(
