@@ -147,10 +147,13 @@ def zero_last_weight(step: int, model: nn.Module, rank: int, world: int) -> None
 
 
 def regression_cases(engine: str) -> list[Case]:
-    """What went wrong before ranks agreed: skips decided on one rank, warnings from a shard."""
+    """What went wrong before ranks agreed: skips decided on one rank, warnings from a shard;
+    and gradient clipping, whose norm is over every rank's part of a sharded gradient."""
     skipping = dict(lr=0.01, skip_nonfinite=True)
+    clipping = [Case(f"clip-{kernel}", adamkit.SGD, dict(lr=0.05, momentum=0.9, max_grad_norm=0.01, **flags))
+                for kernel, flags in KERNELS.items()]
     if engine == "ddp":
-        return [
+        return clipping + [
             case for kernel, flags in KERNELS.items() for case in (
                 Case(f"skip-inf-on-one-rank-{kernel}", adamkit.Adam, {**skipping, **flags}, on_grads=inf_on_last_rank),
                 Case(f"gradscaler-inf-on-one-rank-{kernel}", adamkit.Adam, dict(lr=0.01, **flags),
@@ -161,7 +164,7 @@ def regression_cases(engine: str) -> list[Case]:
         return [Case(f"skip-nan-in-one-partition-{k}", adamkit.Adam, {**skipping, **f}, on_grads=nan_in_last_bias)
                 for k, f in KERNELS.items()]
     if engine == "fsdp2":
-        cases = []
+        cases = list(clipping)
         for kernel, flags in KERNELS.items():
             decaying = dict(lr=0.01, weight_decay=0.1, **flags)
             cases += [
@@ -235,6 +238,7 @@ def outcome(model: nn.Module, optimizer, raised: list[list[str]], with_state: bo
         "params": [full(p) for p in model.parameters()],
         "skipped": inner.skipped_steps if inner is not None else 0,
         "kernels": inner.last_step_kernels if inner is not None else {},
+        "grad_norm": None if inner is None or inner.last_grad_norm is None else inner.last_grad_norm.item(),
         "warnings": raised,
         "agreements": list(AGREEMENTS),
     }

@@ -90,7 +90,7 @@ STAGES = {
     "fused state creation": (fused, "allocate_flat_state", lambda original: _raise),
     "fused layout": (fused, "build_plan", lambda original: _raise),
     "compile": (CompiledLoops, "ensure", lambda original: _raise),
-    "coefficients": (fused_cpu, "decay_coefficients", lambda original: _raise),
+    "coefficients": (fused_cpu, "gradient_transform", lambda original: _raise),
     "strided copies": (fused.FusedKernel, "_prepare_staged", lambda original: _raise),
     "eager checks": (dispatch, "_check_eager_step", lambda original: _raise),
     "eager state creation": (dispatch, "new_state", lambda original: _raise),

@@ -268,11 +268,12 @@ for rule in (value for value in vars(rules).values() if isinstance(value, rules.
                                     ("fp64", "fp64", "fp64"), ("fp32", "bf16", "fp32"), ("fp32", "int8", "fp32")):
         names = dict(fp32=tl.float32, bf16=tl.bfloat16, fp16=tl.float16, fp64=tl.float64, int8=tl.int8)
         signature = dict(tables="*i64", elements="*i64", block_tensor="*i32", block_start="*i64",
-                         coefficients="*" + compute, decay_coefficients="*" + compute, flags="*i32", count="i32",
+                         coefficients="*" + compute, gradient_transform="*" + compute, flags="*i32", count="i32",
                          tensor_ids="*i64", noise_seed="i32", noise_round="i32", codebook="*fp32")
-        stochastic = state == "bf16" and storage != state
+        stochastic = state in ("bf16", "int8") and storage != state
         constants = dict(STORAGE=names[storage], COMPUTE=names[compute], SLOT0=names[state], SLOT1=names[state],
-                         SLOT2=names[state], SLOT3=names[state], WATCH=True, BLOCK=2048, STOCHASTIC=stochastic)
+                         SLOT2=names[state], SLOT3=names[state], WATCH=True, BLOCK=2048,
+                         PIECE=1024 if state == "int8" else 2048, STOCHASTIC=stochastic)
         signature.update(dict.fromkeys(constants, "constexpr"))
         source = triton.compiler.ASTSource(loops.fused_pass, signature=signature, constexprs=constants)
         ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(enable_fp_fusion=False)).asm["ptx"]
@@ -362,12 +363,12 @@ def _assert_correctly_rounded(found: list[str], width: str = "f32", required=("d
 # The pass as the kernel launches it (its BLOCK and NUM_WARPS, the rule's own slots), through
 # Triton's bundled ptxas -v: registers per thread and spilled bytes, per configuration.
 REGISTERS_AND_SPILLS = """
-import json, os, re, subprocess, tempfile, triton, triton.language as tl
+import json, os, re, subprocess, tempfile, torch, triton, triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import get_ptxas
 from adamkit import rules
 from adamkit.kernels.compile_cache import triton_loops_for
-from adamkit.kernels.fused_cuda import BLOCK, NUM_WARPS
+from adamkit.kernels.fused_cuda import BLOCK, NUM_WARPS, piece_for
 from adamkit.rules import SLOT_COUNT
 
 names = dict(fp32=tl.float32, bf16=tl.bfloat16, fp64=tl.float64, int8=tl.int8)
@@ -377,11 +378,12 @@ for arch in (90, 80):
                                  (rules.adan, "bf16", "bf16"), (rules.adan, "fp32", "int8")):
         compute = "fp64" if storage == "fp64" else "fp32"
         signature = dict(tables="*i64", elements="*i64", block_tensor="*i32", block_start="*i64",
-                         coefficients="*" + compute, decay_coefficients="*" + compute, flags="*i32", count="i32",
+                         coefficients="*" + compute, gradient_transform="*" + compute, flags="*i32", count="i32",
                          tensor_ids="*i64", noise_seed="i32", noise_round="i32", codebook="*fp32")
         slots = {f"SLOT{i}": names[state] if i < len(rule.slots) else None for i in range(SLOT_COUNT)}
+        piece = piece_for([torch.int8] if state == "int8" else [])
         constants = dict(STORAGE=names[storage], COMPUTE=names[compute], **slots, WATCH=True, BLOCK=BLOCK,
-                         STOCHASTIC=state == "bf16")
+                         PIECE=piece, STOCHASTIC=state in ("bf16", "int8"))
         signature.update(dict.fromkeys(constants, "constexpr"))
         source = triton.compiler.ASTSource(triton_loops_for(rule).fused_pass, signature=signature, constexprs=constants)
         kernel = triton.compile(source, target=GPUTarget("cuda", arch, 32),

@@ -114,6 +114,21 @@ def test_adam_matches_torch_adam_line_for_line(capsys):
     assert ours == pytest.approx(theirs, rel=1e-6)
 
 
+def test_max_grad_norm_clips_inside_the_step(capsys):
+    """A bound far under the airfoil gradients' norm slows SGD (not Adam, whose steps do
+    not depend on the gradients' scale); one far above it changes nothing. torch-adam
+    takes none of adamkit's options: a usage error says so."""
+    free = run_cli(capsys, "--epochs", "1", "--optimizer", "sgd")
+    assert run_cli(capsys, "--epochs", "1", "--optimizer", "sgd", "--max-grad-norm", "1e9") == free
+    clipped = run_cli(capsys, "--epochs", "1", "--optimizer", "sgd", "--max-grad-norm", "0.001")
+    clipped = float(clipped[-1].removeprefix("final loss: "))
+    assert clipped > 1.5 * float(free[-1].removeprefix("final loss: "))  # 0.49 against 0.28
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--optimizer", "torch-adam", "--max-grad-norm", "1"])
+    assert exit_info.value.code == 2
+    assert "torch-adam takes none of adamkit's options" in capsys.readouterr().err
+
+
 def test_unknown_optimizer_is_a_one_line_usage_error(capsys):
     from adamkit.optimizers.registry import OPTIMIZER_NAMES
 

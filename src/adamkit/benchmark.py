@@ -59,12 +59,12 @@ REFERENCE_PACKAGES: dict[str, tuple[str, str, dict]] = {
     "adan": ("pytorch_optimizer", "Adan", {}),
     "schedulefree": ("schedulefree", "AdamWScheduleFree", {}),
 }
-# name -> (params, adamkit's class, torch's class) -> optimizer
+# name -> (params, adamkit's class, torch's class) -> optimizer; adamkit's take its options too
 IMPLEMENTATIONS: dict[str, Callable] = {
-    "adamkit": lambda params, ours, theirs: ours(params, lr=1e-3),
-    "adamkit fp32 state": lambda params, ours, theirs: ours(params, lr=1e-3, state_dtype="fp32"),
-    "adamkit bf16 state": lambda params, ours, theirs: ours(params, lr=1e-3, state_dtype="bf16"),
-    "adamkit int8 state": lambda params, ours, theirs: ours(params, lr=1e-3, state_dtype="int8"),
+    "adamkit": lambda params, ours, theirs, **options: ours(params, lr=1e-3, **options),
+    "adamkit fp32 state": lambda params, ours, theirs, **options: ours(params, lr=1e-3, state_dtype="fp32", **options),
+    "adamkit bf16 state": lambda params, ours, theirs, **options: ours(params, lr=1e-3, state_dtype="bf16", **options),
+    "adamkit int8 state": lambda params, ours, theirs, **options: ours(params, lr=1e-3, state_dtype="int8", **options),
     "torch for-loop": lambda params, ours, theirs: theirs(params, lr=1e-3, foreach=False),
     "torch foreach": lambda params, ours, theirs: theirs(params, lr=1e-3, foreach=True),
     "torch fused": lambda params, ours, theirs: theirs(params, lr=1e-3, fused=True),
@@ -192,34 +192,55 @@ def make_params(shape: Shape, dtype: torch.dtype, device: str = "cpu") -> list[t
 GPU_ROUNDS = 5
 
 
+def _stepper(name: str, shape: Shape, dtype: torch.dtype, device: str, algorithm: str, max_grad_norm: float | None):
+    """An implementation's step on its own copy of ``shape``: with ``max_grad_norm``,
+    adamkit clips inside its step, the others after ``clip_grad_norm_`` (torch's default,
+    foreach where it can), as a training loop calls it."""
+    params = make_params(shape, dtype, device)
+    if name.startswith("adamkit"):
+        options = {} if max_grad_norm is None else {"max_grad_norm": max_grad_norm}
+        optimizer = IMPLEMENTATIONS[name](params, *ALGORITHMS[algorithm], **options)
+        return optimizer, optimizer.step
+    optimizer = IMPLEMENTATIONS[name](params, *ALGORITHMS[algorithm])
+    if max_grad_norm is None:
+        return optimizer, optimizer.step
+
+    def clip_and_step() -> None:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+
+    return optimizer, clip_and_step
+
+
 def time_steps(
     names: list[str], shape: Shape, dtype: torch.dtype, repeats: int, warmup: int, device: str = "cpu",
-    algorithm: str = "adam",
+    algorithm: str = "adam", max_grad_norm: float | None = None,
 ) -> dict[str, float]:
-    """Median ms of one ``step()`` per implementation, each on its own copy of ``shape``;
-    for adamkit also of its per-step checks alone (``"adamkit checks"``).
+    """Median ms of one ``step()`` per implementation, each on its own copy of ``shape``
+    (with ``max_grad_norm``, clipped as ``_stepper`` says); for adamkit also of its
+    per-step checks alone (``"adamkit checks"``).
 
     The implementations take turns, so a slow spell of the machine (a shared VM's
     bandwidth drifts by 10-20% over minutes) falls on all of them alike: step by step
     on the CPU, round by round (``GPU_ROUNDS`` of ``repeats`` steps) on a GPU.
     """
-    classes = ALGORITHMS[algorithm]
-    optimizers = {name: IMPLEMENTATIONS[name](make_params(shape, dtype, device), *classes) for name in names}
+    steppers = {name: _stepper(name, shape, dtype, device, algorithm, max_grad_norm) for name in names}
+    optimizers = {name: optimizer for name, (optimizer, _) in steppers.items()}
     times: dict[str, list[float]] = {name: [] for name in names}
     if device == "cpu":
         for index in range(warmup + repeats):
-            for name, optimizer in optimizers.items():
+            for name, (_, step) in steppers.items():
                 start = time.perf_counter()
-                optimizer.step()
+                step()
                 if index >= warmup:
                     times[name].append((time.perf_counter() - start) * 1e3)
     else:
-        for optimizer in optimizers.values():
+        for _, step in steppers.values():
             for _ in range(warmup):
-                optimizer.step()
+                step()
         for _ in range(GPU_ROUNDS):
-            for name, optimizer in optimizers.items():
-                times[name].append(_gpu_ms_per_step(optimizer.step, repeats))
+            for name, (_, step) in steppers.items():
+                times[name].append(_gpu_ms_per_step(step, repeats))
     medians = {name: statistics.median(values) for name, values in times.items()}
     if "adamkit" in optimizers:
         medians["adamkit checks"] = median_ms(lambda: check_step(optimizers["adamkit"]), repeats, warmup)
@@ -295,17 +316,21 @@ class Result:
 
 def run(
     shapes: list[Shape], dtype: torch.dtype, implementations: list[str], repeats: int, warmup: int,
-    device: str = "cpu", algorithm: str = "adam",
+    device: str = "cpu", algorithm: str = "adam", max_grad_norm: float | None = None,
 ) -> list[Result]:
     element_size = torch.finfo(dtype).bits // 8
     results = []
     for shape in shapes:
-        times = time_steps(implementations, shape, dtype, repeats, warmup, device, algorithm)
+        times = time_steps(implementations, shape, dtype, repeats, warmup, device, algorithm, max_grad_norm)
         checks = times.pop("adamkit checks", None)
         for name, ms in times.items():
-            # param, grad read and param written; each state tensor read and written
+            # param, grad read and param written; each state tensor read and written;
+            # clipping reads the gradients once more inside adamkit's step, three times
+            # (norm, then scaling read and written) with clip_grad_norm_
             state_size = STATE_BYTES.get(name, element_size)
             moved = (3 * element_size + 2 * state_tensors(algorithm) * state_size) * shape.params
+            if max_grad_norm is not None:
+                moved += (1 if name.startswith("adamkit") else 3) * element_size * shape.params
             result = Result(shape.label, str(dtype).removeprefix("torch."), name, ms, moved / ms / 1e6)
             if name == "adamkit":
                 result.checks_ms = checks

@@ -38,6 +38,9 @@ def register(subparsers) -> None:
     parser.add_argument("--state-dtype", type=name_list, default=[], metavar="A,B,...",
                         help=f"also time adamkit with its state stored in these formats, any of "
                         f"{','.join(benchmark.STATE_DTYPE_IMPLEMENTATIONS)} (fp32 is plain 'adamkit' on fp32 parameters)")
+    parser.add_argument("--max-grad-norm", type=float, default=None, metavar="X",
+                        help="clip gradients by their global norm: adamkit inside its step (max_grad_norm=X), "
+                        "the others with torch.nn.utils.clip_grad_norm_ before each step")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
     parser.set_defaults(run=run)
 
@@ -67,13 +70,19 @@ def run(args: argparse.Namespace) -> None:
                            f"pip install {' '.join(p.replace('_', '-') for p in missing)}, or leave it out")
     dtype = DTYPES[args.dtype]
     bandwidth = benchmark.stream_bandwidth(max(s.params for s in shapes), device=args.device)
-    results = benchmark.run(shapes, dtype, implementations, args.repeats, args.warmup, args.device, args.optimizer)
+    if args.max_grad_norm is not None and not args.max_grad_norm > 0:
+        raise CommandError(f"--max-grad-norm {args.max_grad_norm} is not a positive number")
+    results = benchmark.run(
+        shapes, dtype, implementations, args.repeats, args.warmup, args.device, args.optimizer, args.max_grad_norm
+    )
     machine = benchmark.machine(args.device)
     if args.json:
-        print(json.dumps({"machine": machine, "device": args.device, "optimizer": args.optimizer, "stream_gb_per_s": bandwidth,
+        print(json.dumps({"machine": machine, "device": args.device, "optimizer": args.optimizer,
+                          "max_grad_norm": args.max_grad_norm, "stream_gb_per_s": bandwidth,
                           "results": [asdict(r) for r in results]}, indent=2))
         return
-    print(f"machine: {machine}; optimizer: {args.optimizer}")
+    clipping = "" if args.max_grad_norm is None else f", gradients clipped to norm {args.max_grad_norm:g}"
+    print(f"machine: {machine}; optimizer: {args.optimizer}{clipping}")
     limit = "device-to-device copy" if args.device != "cpu" else "7 fp32 arrays per parameter"
     print(f"limit: stream bandwidth {bandwidth:.1f} GB/s ({limit})")
     width = max(len("implementation"), *(len(r.implementation) for r in results))

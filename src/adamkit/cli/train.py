@@ -41,6 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=10, help="examples per step (per process)")
     parser.add_argument("--seed", type=int, default=0, help="seeds initial weights and shuffling")
     parser.add_argument(
+        "--max-grad-norm", type=positive_float, default=None, metavar="X",
+        help="clip the gradients to this global norm inside each step (the optimizer's max_grad_norm)",
+    )
+    parser.add_argument(
         "--nproc", type=positive_int, default=1, metavar="N",
         help="train data-parallel in N local processes (torch.distributed, gloo on 127.0.0.1): they "
         "split a seeded shuffle of the examples, each steps on its own batches with the gradients "
@@ -118,7 +122,11 @@ def _train(args: argparse.Namespace, rank: int) -> None:
     printing = rank == 0
 
     def make_optimizer(params):
-        optimizer = build_optimizer(args.optimizer, params, args.lr)
+        clipping = {} if args.max_grad_norm is None else {"max_grad_norm": args.max_grad_norm}
+        try:
+            optimizer = build_optimizer(args.optimizer, params, args.lr, **clipping)
+        except ValueError as error:
+            raise CommandError(str(error)) from None
         if processes > 1:
             optimizer.register_step_pre_hook(_average_gradients)
         return optimizer

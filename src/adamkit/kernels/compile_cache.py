@@ -307,7 +307,7 @@ def triton_loops_for(rule) -> types.ModuleType:
         binding = (
             f"{_importable(coefficients)} as Coefficients\n{_importable(rule.update)} as rule_update\n\n\n"
             + _loader("load_coefficients", coefficients, "Coefficients") + "\n\n"
-            + _loader("load_decay", transforms.DecayCoefficients, "DecayCoefficients")
+            + _loader("load_transform", transforms.GradientTransform, "GradientTransform")
         )
         depends_on = (inspect.getmodule(rule.update), triton_ops, transforms, rule_module)
         try:

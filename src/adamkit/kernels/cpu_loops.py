@@ -15,7 +15,7 @@ from adamkit.kernels import scalar_ops
 from adamkit.kernels.scalar_ops import (
     block_scale, finish_block, keep_state, load, noise_key, pointer, read_state, store,
 )
-from adamkit.rules import bind, maximize_and_weight_decay
+from adamkit.rules import bind, transform_gradient
 
 # BINDING
 from adamkit.rules.adam import adam_update as rule_update
@@ -26,7 +26,7 @@ CACHE = False
 # nogil: adamkit.kernels.compile_cache runs a pass on several threads, each over its own work items.
 _JIT = {"error_model": "numpy", "cache": CACHE, "nogil": True}
 _update = njit(error_model="numpy")(bind(rule_update, scalar_ops))
-_decay = njit(error_model="numpy")(bind(maximize_and_weight_decay, scalar_ops))
+_decay = njit(error_model="numpy")(bind(transform_gradient, scalar_ops))
 
 
 @njit(**_JIT)
@@ -150,3 +150,45 @@ def all_finite(addresses, like, items, starts, ends, finite):
             x = load(g, i)
             bad |= x - x != 0  # NaN for NaN and for +-Inf
         finite[w] = not bad
+
+
+@njit(**_JIT)
+def sum_of_squares(addresses, like, items, starts, ends, sums):
+    """Per work item: the sum of its elements' squares in fp64 (into ``sums``), in a fixed
+    order (eight running sums, element i in sum i % 8, then paired), so that the result
+    is the same on every machine and thread count; the eight sums vectorize."""
+    for w in range(items.shape[0]):
+        g = pointer(addresses[items[w]], like)
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+        i, end = starts[w], ends[w]
+        while i + 8 <= end:
+            x0, x1, x2, x3 = np.float64(load(g, i)), np.float64(load(g, i + 1)), np.float64(load(g, i + 2)), np.float64(load(g, i + 3))
+            x4, x5, x6, x7 = np.float64(load(g, i + 4)), np.float64(load(g, i + 5)), np.float64(load(g, i + 6)), np.float64(load(g, i + 7))
+            s0 += x0 * x0
+            s1 += x1 * x1
+            s2 += x2 * x2
+            s3 += x3 * x3
+            s4 += x4 * x4
+            s5 += x5 * x5
+            s6 += x6 * x6
+            s7 += x7 * x7
+            i += 8
+        while i < end:
+            x = np.float64(load(g, i))
+            s0 += x * x
+            i += 1
+        sums[w] = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+@njit(**_JIT)
+def largest_magnitude(addresses, like, items, starts, ends, largest):
+    """Per work item: its largest |element| (fp64, into ``largest``); NaN if one is NaN."""
+    for w in range(items.shape[0]):
+        g = pointer(addresses[items[w]], like)
+        top = 0.0
+        nan = False
+        for i in range(starts[w], ends[w]):
+            x = abs(np.float64(load(g, i)))
+            nan |= x != x
+            top = max(top, x)
+        largest[w] = np.nan if nan else top

@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from adamkit.rules import EXACT, SLOT_COUNT, TORCH, Rule, bind, decay_coefficients, maximize_and_weight_decay, ops
+from adamkit.rules import (
+    EXACT, SLOT_COUNT, TORCH, GradientTransform, Rule, bind, gradient_transform, ops, transform_gradient,
+)
 from adamkit.state import like_param, local_tensor
 from adamkit.state.formats import BLOCK, SCALE_SUFFIX, StateSpec, dequantize, noise_key, quantize, stochastic_bfloat16
 
@@ -69,6 +71,7 @@ def eager_step(
     complex_as_real: bool = True,
     exact: bool = False,
     spec: StateSpec | None = None,
+    grad_scale: Tensor | None = None,
 ) -> None:
     """Advance every parameter in ``params`` (all with a gradient) by one step of ``rule``.
 
@@ -83,6 +86,8 @@ def eager_step(
     sees them as they are (torch's SGD does complex arithmetic directly).
 
     ``exact`` takes square roots and coefficients correctly rounded (see above).
+    ``grad_scale`` (a 0-dim tensor) multiplies every gradient first, as
+    ``torch.nn.utils.clip_grad_norm_`` does with its coefficient, moved to each gradient's device.
 
     With a low-precision state format (``spec.state_dtype``), each piece is computed in
     fp32 (fp64 for fp64 parameters), as the fused kernels compute it, and state is
@@ -95,7 +100,8 @@ def eager_step(
     sparse_update = rule.sparse_update
     if exact and sparse_update is not None:
         sparse_update = bind(sparse_update, EXACT_OPS)
-    decay = decay_coefficients(hp, decoupled=decoupled_weight_decay, in_update=rule.decays_in_update)
+    unscaled = gradient_transform(hp, decoupled=decoupled_weight_decay, in_update=rule.decays_in_update)
+    scales: dict[torch.device, GradientTransform] = {}
     # Differentiable mode: autograd keeps the rule's inputs for backward, so the rule
     # must get copies of what the write-back below overwrites.
     tracked = torch.is_grad_enabled()
@@ -112,11 +118,18 @@ def eager_step(
         # A DTensor (FSDP2) steps as its local shard: every operation is elementwise, and
         # torch's for-loop on DTensors runs the same operations on the same shards.
         local, grad = local_tensor(param), local_tensor(param.grad)
+        decay = unscaled
+        if grad_scale is not None:
+            decay = scales.get(grad.device)
+            if decay is None:
+                decay = scales[grad.device] = unscaled._replace(grad_scale=grad_scale.to(grad.device))
         if grad.is_sparse and sparse_update is None and store.formatted and any(name in state for name in rule.slots):
             # Formatted state is dense: so is a step that reads it (same values). A step
             # without state (SGD) stays sparse, computed as without a format.
             grad = grad.to_dense()
         if grad.is_sparse and sparse_update is not None:
+            if decay.grad_scale is not None:
+                grad = grad * decay.grad_scale
             if decay.maximize:
                 grad = -grad
             name = rule.slots[0]
@@ -162,7 +175,7 @@ def eager_step(
                 inputs = {name: widen(v) for name, v in inputs.items()}
             if rule.decays_real_view:
                 new_param, grad_piece = real(new_param), real(grad_piece)
-            new_param, grad_piece = maximize_and_weight_decay(new_param, grad_piece, decay)
+            new_param, grad_piece = transform_gradient(new_param, grad_piece, decay)
             slot_values = [inputs.get(name) for name in rule.slots]
             slot_values += [None] * (SLOT_COUNT - len(slot_values))
             step_rule = complex_update if param.is_complex() else update

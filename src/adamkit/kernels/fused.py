@@ -53,9 +53,10 @@ def _plain_numbers(hp: Mapping) -> dict:
     return plain
 
 
-Launch = Callable[[], list[Tensor]]
-"""A prepared pass: run, it writes parameters and state and returns the stepped
-parameters whose all-zero gradient did not keep them still."""
+Launch = Callable[[Tensor | None], list[Tensor]]
+"""A prepared pass: run with the gradients' clipping coefficient (a 0-dim tensor, or
+None: no clipping), it writes parameters and state and returns the stepped parameters
+whose all-zero gradient did not keep them still."""
 
 
 class PreparedGroup(NamedTuple):
@@ -317,8 +318,8 @@ class FusedKernel:
                 rule, plan, addresses, hp, spec, decoupled_weight_decay=decoupled_weight_decay, report_moved=report_moved
             ))
 
-        def launch() -> list[Tensor]:
-            moved = [owner[id(w)] for run in launches for w in run()]
+        def launch(grad_scale: Tensor | None) -> list[Tensor]:
+            moved = [owner[id(w)] for run in launches for w in run(grad_scale)]
             layout.staged_fresh.clear()
             for target, source in copies:
                 target.copy_(source)

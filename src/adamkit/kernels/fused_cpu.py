@@ -12,6 +12,7 @@ plan, is ``adamkit.kernels.fused``'s part.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
@@ -24,7 +25,7 @@ from adamkit.kernels.compile_cache import helper_loops, loops_for
 from adamkit.kernels.fused import FusedKernel, Launch
 from adamkit.kernels.plan import FusedPlan, addresses_of, element_count, storage_dtype, work_items
 from adamkit.kernels.scalar_ops import COMPUTE_TYPES, STORAGE_TYPES
-from adamkit.rules import EXACT, Rule, decay_coefficients
+from adamkit.rules import EXACT, Rule, gradient_transform
 from adamkit.state.formats import StateSpec
 from adamkit.state import is_dense, local_tensor
 
@@ -65,7 +66,8 @@ class FusedCpuKernel(FusedKernel):
         dtype = storage_dtype(plan.dtype)
         like = _like(dtype)
         compute = COMPUTE_TYPES[dtype]
-        decay = _cast(decay_coefficients(hp, decoupled=decoupled_weight_decay, in_update=rule.decays_in_update), compute)
+        transform = gradient_transform(hp, decoupled=decoupled_weight_decay, in_update=rule.decays_in_update, grad_scale=1.0)
+        transform = _cast(transform, compute)
         if report_moved:
             watched = helper_loops().run("all_zero", (dtype,), grad_addresses, plan.elements, like)
         else:
@@ -88,17 +90,20 @@ class FusedCpuKernel(FusedKernel):
                 changed = np.zeros(len(items), np.bool_)
                 specialization = (dtype, slot_types, noise is None, type(c))
                 arguments = (
-                    c, decay, like, param_addresses, grad_addresses, *plan.slots, *slot_likes, *plan.scales,
+                    c, transform, like, param_addresses, grad_addresses, *plan.slots, *slot_likes, *plan.scales,
                     noise, plan.tensor_ids, watch,
                 )
                 work = (items, plan.starts[chosen], plan.ends[chosen], changed)
                 loops.ensure("fused_pass", specialization, *arguments, *work)
                 passes.append((specialization, arguments, work))
 
-        def launch() -> list[Tensor]:
+        def launch(grad_scale: Tensor | None) -> list[Tensor]:
             advance()
             moved = np.zeros(len(params), np.bool_)
+            clipped = None if grad_scale is None else transform._replace(grad_scale=compute(float(grad_scale)))
             for specialization, arguments, (items, starts, ends, changed) in passes:
+                if clipped is not None:
+                    arguments = (arguments[0], clipped, *arguments[2:])
                 loops.run_over_items("fused_pass", specialization, arguments, items, starts, ends, changed)
                 moved[items[changed]] = True
             return [params[i] for i in np.flatnonzero(moved)]
@@ -195,3 +200,28 @@ def all_finite(grads: Sequence[Tensor]) -> bool:
         if not finite.all():
             return False
     return True
+
+
+def norm_partial(grads: Sequence[Tensor], squares: bool) -> float:
+    """The sum of the squares of every element of ``grads`` (all ``readable``) in fp64,
+    or with ``squares`` False the largest magnitude (NaN if an element is NaN): per work
+    item in a fixed order, the items' sums added exactly, so the same on every machine."""
+    loops = helper_loops()
+    name = "sum_of_squares" if squares else "largest_magnitude"
+    by_dtype: dict[torch.dtype, list[Tensor]] = {}
+    for grad in map(local_tensor, grads):
+        by_dtype.setdefault(storage_dtype(grad.dtype), []).append(grad)
+    parts = [np.zeros(0)]
+    for dtype, tensors in by_dtype.items():
+        elements = np.array([element_count(t) for t in tensors], np.int64)
+        items, starts, ends = work_items(elements, WORK_ITEM_ELEMENTS)
+        out = np.zeros(len(items), np.float64)
+        loops.run_over_items(name, (dtype,), (addresses_of(tensors), _like(dtype)), items, starts, ends, out)
+        parts.append(out)
+    values = np.concatenate(parts)
+    if not squares or not np.isfinite(values).all():
+        return float(values.max(initial=0.0))  # NaN wins over inf, as in a sum
+    try:
+        return math.fsum(values)
+    except OverflowError:  # finite parts whose sum overflows
+        return math.inf

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from adamkit.kernels.fused import FusedKernel, Launch
 from adamkit.kernels.plan import FusedPlan, storage_dtype
-from adamkit.rules import SLOT_COUNT, Rule, decay_coefficients
+from adamkit.rules import SLOT_COUNT, GradientTransform, Rule, gradient_transform
 from adamkit.state.formats import CODE_VALUES, StateSpec
 
 # Devices where the pass failed to compile or load: (the error, as the warning named it).
@@ -70,6 +70,14 @@ def _warn_without_triton() -> None:
 # spills (fp32 Adam, 272 bytes); with 8, Adam takes 159 (fp32) to 241 (int8 state) and
 # four-slot Adan with int8 state 246, no spills (tests/test_fused_cuda.py checks it).
 NUM_WARPS = 8
+
+
+def piece_for(slot_dtypes) -> int:
+    """Elements a program steps at once: a whole block, or half of one where a slot is
+    int8 (coding a slot holds its values, their ratios and their rounding noise at once:
+    ptxas -v, sm_90a, Adan with stochastically rounded int8 state spilled 132 bytes
+    with whole blocks)."""
+    return BLOCK // 2 if torch.int8 in slot_dtypes else BLOCK
 
 
 class _PassUnusable(Exception):
@@ -214,13 +222,13 @@ class FusedCudaKernel(FusedKernel):
         tables.follow_grads(addresses[1])
         dtype = storage_dtype(plan.dtype)
         compute = torch.float64 if dtype is torch.float64 else torch.float32
-        decay = decay_coefficients(hp, decoupled=decoupled_weight_decay, in_update=rule.decays_in_update)
+        transform = gradient_transform(hp, decoupled=decoupled_weight_decay, in_update=rule.decays_in_update, grad_scale=1.0)
         sets, advance = coefficient_sets(rule, plan, hp)
         loops = triton_loops_for(rule)
         slot_types = [None if dtype is None else _triton_dtype(dtype) for dtype in plan.slot_dtypes]
         passes = []  # (coefficients, their count, block tables, the rounding's step)
         for step, chosen, c in sets:
-            values = _upload(np.array([*map(float, c), *map(float, decay)]), plan.device, compute)
+            values = _upload(np.array([*map(float, c), *map(float, transform)]), plan.device, compute)
             if len(sets) == 1:
                 block_tensor, block_start = tables.block_tensor, tables.block_start
             else:  # parameters whose step counts differ (one added later) need their own coefficients
@@ -229,7 +237,8 @@ class FusedCudaKernel(FusedKernel):
         constants = dict(
             STORAGE=_triton_dtype(dtype), COMPUTE=_triton_dtype(compute),
             SLOT0=slot_types[0], SLOT1=slot_types[1], SLOT2=slot_types[2], SLOT3=slot_types[3],
-            WATCH=report_moved, BLOCK=self.item_elements, STOCHASTIC=plan.rounds_stochastically(spec),
+            WATCH=report_moved, BLOCK=self.item_elements, PIECE=piece_for(plan.slot_dtypes),
+            STOCHASTIC=plan.rounds_stochastically(spec),
             enable_fp_fusion=False, num_warps=NUM_WARPS,
         )
 
@@ -244,12 +253,15 @@ class FusedCudaKernel(FusedKernel):
             _compile_ahead(loops.fused_pass, plan.device, arguments(*passes[0]), constants)
             tables.compiled.add(report_moved)
 
-        def launch() -> list[Tensor]:
+        def launch(grad_scale: Tensor | None) -> list[Tensor]:
             moved = self._moved_last_time(plan, tables)
             advance()
             # Triton launches on the current device's current stream: the plan's device
             # must be current (parameters on cuda:1, or a model spread over GPUs).
             with _on_device(plan.device):
+                if grad_scale is not None:  # device to device, in stream order: no wait for the host
+                    for values, count, *_ in passes:
+                        values[count + GradientTransform._fields.index("grad_scale")].copy_(grad_scale, non_blocking=True)
                 if report_moved:
                     tables.flags.zero_()
                 for step_pass in passes:

@@ -187,10 +187,11 @@ def decode_int8(codes, scales, codebook):
 
 
 @triton.jit
-def encode_int8(values, mask, noise, BLOCK: tl.constexpr):
-    """``(codes, scales)``: ``values`` (``BLOCK`` of them, 256-aligned) coded blockwise
-    as ``scalar_ops.store_int8_block`` codes them, rounded with ``noise`` (``element_noise``);
-    the elements outside ``mask`` are left out of each block's scale."""
+def encode_int8(values, mask, offsets, key, STOCHASTIC: tl.constexpr, SLOT: tl.constexpr, BLOCK: tl.constexpr):
+    """``(codes, scales)``: ``values`` (``BLOCK`` of them at ``offsets``, 256-aligned)
+    coded blockwise as ``scalar_ops.store_int8_block`` codes them, rounded with
+    ``element_noise(key, offsets, STOCHASTIC, SLOT)``; the elements outside ``mask`` are
+    left out of each block's scale."""
     narrow = values.to(tl.float32)
     bits = narrow.to(tl.uint32, bitcast=True)
     magnitude_bits = bits & 0x7FFFFFFF
@@ -215,7 +216,8 @@ def encode_int8(values, mask, noise, BLOCK: tl.constexpr):
     shift = tl.where(top, tl.where(is_signed, _S_SHIFT0, _U_SHIFT0),
                      tl.where(middle, tl.where(is_signed, _S_SHIFT1, _U_SHIFT1), tl.where(is_signed, _S_SHIFT2, _U_SHIFT2)))
     width = shift - 16
-    steps = (origin - ratio_bits + ((noise.to(tl.int32) << width) | ((1 << width) - 1))) >> shift
+    noise = element_noise(key, offsets, STOCHASTIC, SLOT).to(tl.int32)  # drawn late: fewer registers held
+    steps = (origin - ratio_bits + ((noise << width) | ((1 << width) - 1))) >> shift
     kept = (ratio > 0) & (steps < tl.where(is_signed, _S_STEPS, _U_STEPS))
     code = tl.where(kept, tl.where(is_signed, 127, 255) - steps, 0)
     code = tl.where(is_signed & (narrow < 0), -code, code)

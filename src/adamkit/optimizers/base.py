@@ -23,9 +23,10 @@ from adamkit.kernels.fused import FusedKernel
 from adamkit.kernels.fused_cpu import FusedCpuKernel
 from adamkit.kernels.fused_cuda import FusedCudaKernel
 from adamkit.optimizers import checkpoint_format, gradient_checks
+from adamkit.optimizers.clipping import clip_coefficient
 from adamkit.optimizers.dispatch import prepare_step
 from adamkit.optimizers.grad_scaling import scaler_verdict, unscale_grads
-from adamkit.optimizers.hyperparameters import check_state_options, scalar_dtype
+from adamkit.optimizers.hyperparameters import check_clipping_options, check_state_options, scalar_dtype
 from adamkit.optimizers.state_creation import create_state_now
 from adamkit.rules import Rule
 from adamkit.state import allocate_flat_state
@@ -50,6 +51,9 @@ class AdamkitOptions(TypedDict, total=False):
     state_seed: int
     low_precision_min_elements: int
     process_group: ProcessGroup | None
+    max_grad_norm: float | None
+    norm_type: float | str
+    error_if_nonfinite: bool
 
 
 class RuleOptimizer(Optimizer):
@@ -75,7 +79,11 @@ class RuleOptimizer(Optimizer):
     "bf16", "int8"; also per param group) stores the state in another format than the
     parameter's dtype, for tensors of at least ``low_precision_min_elements`` elements
     (``adamkit.state.formats``); ``state_seed`` (0 to 2**32 - 1) seeds its stochastic
-    rounding. A step that raises changes nothing (``adamkit.optimizers.dispatch``).
+    rounding. ``max_grad_norm`` clips the gradients by their global norm inside the step,
+    as ``torch.nn.utils.clip_grad_norm_(params, max_grad_norm, norm_type,
+    error_if_nonfinite)`` before it would, without rewriting them; the norm before
+    clipping is kept as ``last_grad_norm`` (``adamkit.optimizers.clipping``). A step that
+    raises changes nothing (``adamkit.optimizers.dispatch``).
 
     Under ``torch.distributed`` both gradient checks are agreed on by the ranks of
     ``process_group`` (default: the default group, when initialized), one small
@@ -100,6 +108,7 @@ class RuleOptimizer(Optimizer):
     _extra_defaults: ClassVar[dict[str, Any]] = {
         "skip_nonfinite": False, "warn_zero_grad_update": True, "skipped_steps": 0, "frozen": set(),
         "state_dtype": None, "state_seed": 0, "low_precision_min_elements": MIN_ELEMENTS, "rounds": 0,
+        "max_grad_norm": None, "norm_type": 2.0, "error_if_nonfinite": False,
     }
 
     def __init_subclass__(cls, **kwargs) -> None:
@@ -118,8 +127,13 @@ class RuleOptimizer(Optimizer):
         state_seed: int = 0,
         low_precision_min_elements: int = MIN_ELEMENTS,
         process_group: ProcessGroup | None = None,
+        max_grad_norm: float | None = None,
+        norm_type: float | str = 2.0,
+        error_if_nonfinite: bool = False,
     ) -> None:
         check_state_options(state_dtype, state_seed, low_precision_min_elements)
+        check_clipping_options(max_grad_norm, norm_type)
+        self.max_grad_norm, self.norm_type, self.error_if_nonfinite = max_grad_norm, float(norm_type), error_if_nonfinite
         self.state_dtype, self.state_seed = state_dtype, state_seed
         self.process_group = process_group
         self.low_precision_min_elements = low_precision_min_elements
@@ -145,6 +159,7 @@ class RuleOptimizer(Optimizer):
         self._moved_shards: set[Tensor] = set()
         self.fused_kernels = _fused_kernels()
         self.last_step_kernels: dict[str, int] = {}
+        self.last_grad_norm: Tensor | None = None
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's ``add_param_group``; a group may also set its own ``state_dtype``."""
@@ -393,7 +408,12 @@ class RuleOptimizer(Optimizer):
             prepared = prepare_step(self, checks)
             if scaler.grad_scale is not None:
                 unscale_grads(self.unfrozen_with_grad(), scaler.grad_scale)
-            prepared.commit(stacklevel=3)
+            try:
+                grad_scale = clip_coefficient(self)
+            except BaseException:
+                prepared.undo()
+                raise
+            prepared.commit(stacklevel=3, grad_scale=grad_scale)
         finally:
             torch.set_grad_enabled(grad_enabled)
         # Known only now, and on this rank only: told to every rank by the next step's checks.

@@ -57,15 +57,17 @@ class PreparedStep:
             self.optimizer.state.pop(p, None)
         self.created.clear()
 
-    def commit(self, stacklevel: int) -> None:
-        """Run every launch; warn about parameters a zero gradient did not keep still."""
+    def commit(self, stacklevel: int, grad_scale: Tensor | None = None) -> None:
+        """Run every launch, gradients multiplied by ``grad_scale`` (a 0-dim tensor: the
+        clipping coefficient) unless it is None; warn about parameters a zero gradient
+        did not keep still."""
         optimizer = self.optimizer
         optimizer.rounds += 1
         optimizer.last_step_kernels = {kernel: count for kernel, count in self.stepped.items() if count}
         for group, values in self.group_updates:
             group.update(values)
         for launch in self.launches:
-            moved = launch()
+            moved = launch(grad_scale)
             # A shard's all-zero gradient is not the whole gradient: DTensors are watched apart.
             warn_moved(optimizer, [p for p in moved if p not in self.checks.sharded], stacklevel + 1)
 
@@ -214,7 +216,7 @@ def _prepare_eager(
         p for p in whole if p not in optimizer._warned_zero_grad and extremes.get(p) == (0.0, 0.0)
     ]
 
-    def launch() -> list[Tensor]:
+    def launch(grad_scale: Tensor | None) -> list[Tensor]:
         before = local_copies(zero_grad_params)
         eager_step(
             type(optimizer).update_rule,
@@ -226,6 +228,7 @@ def _prepare_eager(
             complex_as_real=optimizer.complex_as_real,
             exact=exact,
             spec=spec,
+            grad_scale=grad_scale,
         )
         return changed(zero_grad_params, before)
 

@@ -1,7 +1,8 @@
 """Checks of hyperparameters and options, made when an optimizer is built.
 
 Where torch.optim has the option, the check and its message are torch's; adamkit's own
-options (``state_dtype``, ``state_seed``, ``low_precision_min_elements``) are checked
+options (``state_dtype``, ``state_seed``, ``low_precision_min_elements``, ``max_grad_norm``,
+``norm_type``) are checked
 here too, each message naming the option, the value and what to pass instead.
 """
 
@@ -117,3 +118,24 @@ def check_state_options(state_dtype, state_seed, low_precision_min_elements) -> 
             f"Invalid low_precision_min_elements: {low_precision_min_elements!r}; use an integer of 0 or more "
             "elements (tensors with fewer keep fp32 state)"
         )
+
+
+def check_clipping_options(max_grad_norm, norm_type) -> None:
+    """Raise a ValueError naming ``max_grad_norm`` or ``norm_type`` if it is not valid.
+
+    >>> check_clipping_options(0.0, 2.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: Invalid max_grad_norm: 0.0; use a positive finite number, or None not to clip
+    """
+    if max_grad_norm is not None and not (
+        isinstance(max_grad_norm, numbers.Real) and not isinstance(max_grad_norm, bool)
+        and 0 < max_grad_norm < float("inf")
+    ):
+        raise ValueError(f"Invalid max_grad_norm: {max_grad_norm!r}; use a positive finite number, or None not to clip")
+    try:
+        valid = float(norm_type) > 0 and not isinstance(norm_type, bool)
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise ValueError(f"Invalid norm_type: {norm_type!r}; use a positive number, 2.0 or 'inf' as clip_grad_norm_ takes")

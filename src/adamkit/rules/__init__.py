@@ -27,11 +27,11 @@ from adamkit.rules.rule import SLOT_COUNT, Rule, bind
 from adamkit.rules.schedule_free import schedule_free_adamw
 from adamkit.rules.scalars import EXACT, TORCH, ScalarMath
 from adamkit.rules.sgd import sgd
-from adamkit.rules.transforms import DecayCoefficients, decay_coefficients, maximize_and_weight_decay
+from adamkit.rules.transforms import GradientTransform, gradient_transform, transform_gradient
 from adamkit.rules.yogi import yogi
 
 __all__ = [
-    "DecayCoefficients",
+    "GradientTransform",
     "EXACT",
     "SLOT_COUNT",
     "Rule",
@@ -47,9 +47,9 @@ __all__ = [
     "asgd",
     "bias_corrections",
     "bind",
-    "decay_coefficients",
+    "gradient_transform",
     "lion",
-    "maximize_and_weight_decay",
+    "transform_gradient",
     "nadam",
     "radam",
     "rmsprop",
