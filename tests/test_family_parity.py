@@ -173,3 +173,25 @@ def test_chunked_large_tensors_match_torch(torch_cls, adamkit_cls, kwargs, compl
     dtype = torch.complex64 if complex_ else torch.float32
     params = [torch.nn.Parameter(torch.randn(n, generator=g, dtype=dtype)) for n in sizes]
     assert_bitwise_equal(*run_side_by_side(torch_cls, adamkit_cls, params, kwargs, steps=4, adamkit_kwargs=EAGER))
+
+
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_centered_rmsprop_takes_no_root_of_a_variance_rounding_made_negative(kernel):
+    """s - a^2 >= 0 in exact arithmetic, but rounding can put s just below a^2 (int8
+    state did on the char transformer at step 282). torch's square root then gives NaN
+    and the parameter is lost; adamkit takes the variance as 0, as it is up to rounding.
+    Where s - a^2 >= 0 the bits are torch's (the sweeps above)."""
+    grad_avg = torch.full((64,), 0.5)
+    runs = {}
+    for name, cls, flags in (("torch", torch.optim.RMSprop, {"foreach": False}), ("adamkit", adamkit.RMSprop, KERNELS[kernel])):
+        p = torch.nn.Parameter(torch.zeros(64))
+        optimizer = cls([p], lr=0.01, centered=True, alpha=0.9, **flags)
+        p.grad = grad_avg.clone()
+        optimizer.step()
+        state = optimizer.state[p]
+        state["grad_avg"].copy_(grad_avg)
+        state["square_avg"].copy_(grad_avg * grad_avg * (1 - 2**-20))  # a hair below a^2
+        optimizer.step()  # the gradient equals a: s - a^2 stays negative
+        runs[name] = p.detach().clone()
+    assert runs["torch"].isnan().all()
+    assert torch.isfinite(runs["adamkit"]).all()

@@ -76,13 +76,11 @@ def test_adam_trains_the_classifier_and_the_transformer_as_with_fp32_state(task,
 
 # Measured 2026-12-03 (full length, this AMD EPYC). digits is deterministic and not
 # chaotic (lr times 1 + 1e-6 moves the final loss by under 0.05%); chars is: the same
-# nudge moved it by +1.9% (Schedule-Free), -2.4% (NAdam), +1.3% (AdEMAMix).
+# nudge moved it by +1.9% (Schedule-Free), -2.4% (NAdam), +1.3% (AdEMAMix). The int8
+# shortfalls of that day (ADOPT, Schedule-Free, NAdam: 3.8-5.0% above fp32, increments
+# lost by codes rounded to nearest) passed once the codes were rounded stochastically.
 SHORTFALLS = {
-    ("digits", "adopt"): "int8 +4.1%: the normalizing second moment in int8",
-    ("digits", "schedulefree"): "int8 +3.8%: the second moment in int8",
     ("digits", "rprop"): "bf16 +51%: Rprop does not learn digits from minibatches (fp32 ends at 1.96)",
-    ("chars", "adopt"): "int8 +4.3%",
-    ("chars", "nadam"): "int8 +5.0% (chaos about 2.4%)",
     ("chars", "ademamix"): "bf16 +2.5% (chaos about 1.3%)",
     ("chars", "schedulefree"): "bf16 +2.0% (chaos about 1.9%)",
 }

@@ -67,8 +67,9 @@ def _warn_without_triton() -> None:
 
 
 # ptxas -v for sm_90a: with 4 warps a block of 2048 takes 255 registers per thread and
-# spills (fp32 Adam, 272 bytes); with 8, Adam takes 159 (fp32) to 241 (int8 state) and
-# four-slot Adan with int8 state 246, no spills (tests/test_fused_cuda.py checks it).
+# spills (fp32 Adam, 272 bytes); with 8, Adam takes 161 (fp32), 232 (fp64) and 128 (int8
+# state, half a block at a time), four-slot Adan 220 (bf16) and 216 (int8), no spills
+# (tests/test_fused_cuda.py checks it).
 NUM_WARPS = 8
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -19,20 +20,21 @@ class RMSpropCoefficients(NamedTuple):
     centered: bool
     momentum: Any
     neg_lr: Any
+    infinity: Any  # the variance's upper bound (none); a coefficient, as kernels take no globals
 
 
 def rmsprop_coefficients(
     hp: Mapping, step: float | Tensor, fresh: bool = False, scalars: ScalarMath = TORCH
 ) -> RMSpropCoefficients:
     alpha = hp["alpha"]
-    return RMSpropCoefficients(alpha, 1 - alpha, hp["eps"], bool(hp["centered"]), hp["momentum"], -hp["lr"])
+    return RMSpropCoefficients(alpha, 1 - alpha, hp["eps"], bool(hp["centered"]), hp["momentum"], -hp["lr"], math.inf)
 
 
 def rmsprop_update(param, grad, square_avg, grad_avg, momentum_buffer, unused3, c: RMSpropCoefficients):
     """One RMSProp step with smoothing constant alpha:
 
         s = alpha s + (1 - alpha) g^2
-        a = alpha a + (1 - alpha) g ; d = sqrt(s - a^2) + eps    (centered)
+        a = alpha a + (1 - alpha) g ; d = sqrt(max(s - a^2, 0)) + eps    (centered)
         d = sqrt(s) + eps                                        (otherwise)
         b = momentum b + g / d ; param -= lr b     (momentum > 0)
         param -= lr g / d                          (otherwise)
@@ -47,7 +49,9 @@ def rmsprop_update(param, grad, square_avg, grad_avg, momentum_buffer, unused3, 
     square_avg = ops.ema_square(square_avg, grad, c.alpha, c.one_minus_alpha)
     if c.centered:
         grad_avg = ops.lerp(grad_avg, grad, c.one_minus_alpha)
-        avg = ops.sqrt(ops.addcmul(square_avg, grad_avg, grad_avg, -1))
+        # s >= a^2 in exact arithmetic; rounded (low-precision state above all) s - a^2 can
+        # fall below 0, where torch's square root gives NaN and loses the parameter.
+        avg = ops.sqrt(ops.clamp(ops.addcmul(square_avg, grad_avg, grad_avg, -1), 0.0, c.infinity))
     else:
         avg = ops.sqrt(square_avg)
     avg = avg + c.eps
