@@ -356,10 +356,10 @@ def test_any_nonzero_reads_each_tensor_as_the_zero_gradient_agreement_needs():
     ]
 
 
-@pytest.mark.parametrize("state_dtype", [None, "bf16", "int8"])
-def test_warmup_compiles_what_the_first_step_runs_and_changes_nothing(state_dtype, monkeypatch):
-    """After ``adamkit.warmup`` the first step compiles nothing; warmup itself leaves
-    parameters, gradients, state and step counts as they were."""
+@pytest.mark.parametrize("state_dtype,max_grad_norm", [(None, None), ("bf16", None), ("int8", None), (None, 1.0)])
+def test_warmup_compiles_what_the_first_step_runs_and_changes_nothing(state_dtype, max_grad_norm, monkeypatch):
+    """After ``adamkit.warmup`` the first step compiles nothing (clipping's norm loop
+    included); warmup itself leaves parameters, gradients, state and step counts as they were."""
     loops = loops_for(adamkit.AdamW.update_rule.name, adamkit.AdamW.update_rule.update)
     monkeypatch.setattr(loops, "_ready", set())  # as in a new process
     compiled = []
@@ -369,9 +369,10 @@ def test_warmup_compiles_what_the_first_step_runs_and_changes_nothing(state_dtyp
     with_grad.grad = torch.randn(300)
     before = [with_grad.detach().clone(), without.detach().clone(), with_grad.grad.clone()]
     optimizer = adamkit.AdamW([with_grad, without], lr=0.1, weight_decay=0.1, state_dtype=state_dtype,
-                              low_precision_min_elements=0)
+                              low_precision_min_elements=0, max_grad_norm=max_grad_norm)
     adamkit.warmup(optimizer)
     assert compiled and "fused_pass" in compiled
+    assert optimizer.last_grad_norm is None
     assert len(optimizer.state) == 0 and optimizer.rounds == 0 and without.grad is None
     assert all(map(torch.equal, before, [with_grad.detach(), without.detach(), with_grad.grad]))
     compiled.clear()
@@ -423,3 +424,34 @@ def test_scalar_state_that_differs_between_parameters_steps_each_with_its_own():
     assert not torch.equal(fused[1], fused[2])
     for a, b in zip(fused, eager):
         torch.testing.assert_close(a, b, equal_nan=True, rtol=1e-6, atol=0)
+
+
+def test_a_mixture_of_experts_keeps_a_layout_per_set_of_experts(monkeypatch):
+    """Each step another set of experts has gradients: after one round, each set steps
+    on the layout kept for it (no plan made again), with the same bits as when every
+    step lays out its plans anew."""
+    from adamkit.kernels import fused
+
+    sets = [{0, 1}, {2, 3}, {1, 2}, {0, 3}]
+
+    def run(layouts_kept):
+        monkeypatch.setattr(fused, "MAX_LAYOUTS", layouts_kept)
+        made = []
+        original = FusedKernel._lay_out
+        monkeypatch.setattr(FusedKernel, "_lay_out", lambda self, *a: made.append(1) or original(self, *a))
+        experts = make_params(torch.float32, seed=4)
+        optimizer = adamkit.Adam(experts, lr=0.01, weight_decay=0.1)
+        for step in range(3 * len(sets) + 1):
+            active = set(range(len(experts))) if step == 0 else sets[step % len(sets)]  # step 0: every state made
+            for index, (p, grad) in enumerate(zip(experts, grads_for(experts, step))):
+                p.grad = grad if index in active else None
+            optimizer.step()
+            if step == len(sets):
+                made.clear()
+        monkeypatch.undo()
+        return experts, optimizer, len(made)
+
+    kept, kept_optimizer, made_later = run(8)
+    anew, anew_optimizer, made_anew = run(1)
+    assert made_later == 0 and made_anew == 2 * len(sets)
+    assert_bitwise_equal(anew, kept, anew_optimizer, kept_optimizer)

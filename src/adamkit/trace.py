@@ -32,7 +32,8 @@ ParamsToTrace = Mapping[str, Tensor] | Iterable[Tensor] | Iterable[tuple[str, Te
 class StepRecord:
     """One parameter's part of one optimizer step; every tensor is a copy.
 
-    ``exp_avg`` and ``exp_avg_sq`` are the first and second moments the algorithm
+    ``grad`` is the gradient the step was given (before ``max_grad_norm`` clipping;
+    the optimizer's ``last_grad_norm`` says by how much). ``exp_avg`` and ``exp_avg_sq`` are the first and second moments the algorithm
     keeps (``None`` where it keeps none; RMSprop's ``square_avg`` and Adagrad's ``sum``
     count as second moments, and so does Adamax's ``exp_inf``). ``m_hat`` and ``v_hat``
     are those moments divided by ``1 - beta1**step`` and ``1 - beta2**step``, for

@@ -29,6 +29,9 @@ from adamkit.rules import Rule
 from adamkit.state import allocate_flat_state, is_dense, local_tensor
 from adamkit.state.formats import SCALE_SUFFIX, StateSpec, blocks_of, recode
 
+MAX_LAYOUTS = 8  # layouts kept per parameter group
+
+
 class GroupLayout(NamedTuple):
     """A parameter group's parameters with a gradient, sorted by how they are stepped."""
 
@@ -84,7 +87,9 @@ class FusedKernel:
     item_elements: int
 
     def __init__(self) -> None:
-        self._layouts: dict[int, GroupLayout] = {}
+        # Per group, the layouts of the last few sets of parameters with a gradient, the
+        # latest last: a mixture of experts steps another set of experts each step.
+        self._layouts: dict[int, dict[tuple[int, ...], GroupLayout]] = {}
 
     def forget(self) -> None:
         """Drop every plan (the state was replaced, e.g. by ``load_state_dict``)."""
@@ -107,12 +112,16 @@ class FusedKernel:
         """Prepare the step of what this kernel takes of ``params`` (with ``grads``;
         ``spec`` says what their state is). Parameters whose state it creates are
         appended to ``created``, also when it raises."""
-        steps = self.checked(group_key, params, grads, states)
-        layout = self._layouts.get(group_key)
+        layout = self._layout_of(group_key, params)
+        steps = self.checked(group_key, params, grads, states, layout)
         if steps is None:
-            self._layouts.pop(group_key, None)
+            layouts = self._layouts.setdefault(group_key, {})
+            key = tuple(map(id, params))
+            layouts.pop(key, None)
             layout = self._lay_out(rule, params, grads, states, spec, created)
-            self._layouts[group_key] = layout
+            layouts[key] = layout
+            while len(layouts) > MAX_LAYOUTS:
+                del layouts[next(iter(layouts))]
             steps = self._plan_addresses(layout, params, grads, states)
         hp = _plain_numbers(hp)
         options = dict(decoupled_weight_decay=decoupled_weight_decay, report_moved=report_moved)
@@ -130,16 +139,28 @@ class FusedKernel:
             stepped += len(layout.staged)
         return PreparedGroup(rest, launches, stepped)
 
-    def checked(self, group_key: int, params: list[Tensor], grads: list[Tensor], states: Mapping) -> list[tuple] | None:
-        """The per-step checks: the group's plans with this step's addresses, or None if
-        its layout must be made anew (``adamkit bench`` times this)."""
-        layout = self._layouts.get(group_key)
-        if not (
-            layout is not None
-            and len(layout.with_grad) == len(params)
-            and all(map(operator.is_, layout.with_grad, params))
-            and self._same_kinds(layout, params, grads)
-        ):
+    def _layout_of(self, group_key: int, params: list[Tensor]) -> GroupLayout | None:
+        """The layout made for exactly ``params`` (the group's parameters with a gradient), if kept."""
+        layouts = self._layouts.get(group_key)
+        if not layouts:
+            return None
+        latest = next(reversed(layouts.values()))
+        if len(latest.with_grad) == len(params) and all(map(operator.is_, latest.with_grad, params)):
+            return latest
+        key = tuple(map(id, params))
+        layout = layouts.pop(key, None)  # a layout holds its parameters: their ids are not reused meanwhile
+        if layout is not None:
+            layouts[key] = layout  # now the latest
+        return layout
+
+    def checked(
+        self, group_key: int, params: list[Tensor], grads: list[Tensor], states: Mapping,
+        layout: GroupLayout | None = None,
+    ) -> list[tuple] | None:
+        """The per-step checks: the plans of the group's layout for ``params`` with this
+        step's addresses, or None if a layout must be made anew (``adamkit bench`` times this)."""
+        layout = layout or self._layout_of(group_key, params)
+        if layout is None or not self._same_kinds(layout, params, grads):
             return None
         steps = self._plan_addresses(layout, params, grads, states)
         return None if any(addresses is None for _, addresses in steps) else steps
