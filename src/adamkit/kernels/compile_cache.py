@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import itertools
 import hashlib
 import importlib.util
 import inspect
@@ -181,6 +182,7 @@ def _locked(folder: Path):
 
 
 PARALLEL_MIN_ELEMENTS = 1 << 16  # below this a pass runs on the calling thread: more would cost more than they save
+RUNS_PER_THREAD = 4
 _pools: dict[int, ThreadPoolExecutor] = {}
 # A forked child has none of its parent's threads: its pools would take work and never run it.
 os.register_at_fork(after_in_child=_pools.clear)
@@ -217,9 +219,12 @@ class CompiledLoops:
 
     def run_over_items(self, name: str, key: tuple, args: tuple, items, starts, ends, out) -> None:
         """``run`` for a loop over work items (``items, starts, ends`` and ``out``, one
-        result per item, after ``args``), split into contiguous runs of about equal
-        element counts, one per torch thread. The loops release the GIL, so the runs go
-        in parallel on a pool of adamkit's own threads."""
+        result per item, after ``args``), cut into ``RUNS_PER_THREAD`` contiguous runs
+        of about equal element counts per torch thread, which the threads take in turn
+        as each finishes its last: a thread slowed down (a core shared with torch's
+        OpenMP workers, which spin for a while after each parallel region) takes fewer.
+        The loops release the GIL, so the runs go in parallel on a pool of adamkit's own
+        threads. An item's results do not depend on the thread that runs it."""
         self._ensure(name, key, (*args, items, starts, ends, out))
         loop = getattr(self.module, name)
         threads = torch.get_num_threads()
@@ -228,10 +233,20 @@ class CompiledLoops:
         if threads == 1 or len(items) < 2 or total < PARALLEL_MIN_ELEMENTS:
             loop(*args, items, starts, ends, out)
             return
-        bounds = [0, *np.searchsorted(counts, total * np.arange(1, threads) / threads, side="right"), len(items)]
+        pieces = threads * RUNS_PER_THREAD
+        bounds = [0, *np.searchsorted(counts, total * np.arange(1, pieces) / pieces, side="right"), len(items)]
         runs = [slice(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
-        futures = [_pool(threads).submit(loop, *args, items[r], starts[r], ends[r], out[r]) for r in runs[1:]]
-        loop(*args, items[runs[0]], starts[runs[0]], ends[runs[0]], out[runs[0]])  # the first on this thread
+        taken = itertools.count()  # next() on it is atomic: each run is taken once
+
+        def take_runs() -> None:
+            for index in iter(taken.__next__, None):
+                if index >= len(runs):
+                    return
+                run = runs[index]
+                loop(*args, items[run], starts[run], ends[run], out[run])
+
+        futures = [_pool(threads).submit(take_runs) for _ in range(min(threads, len(runs)) - 1)]
+        take_runs()  # this thread takes runs too
         for future in futures:
             future.result()
 
