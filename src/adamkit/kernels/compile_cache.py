@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import atexit
 import functools
-import itertools
 import hashlib
 import importlib.util
 import inspect
+import itertools
 import os
 import re
 import shutil

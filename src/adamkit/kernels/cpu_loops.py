@@ -156,26 +156,24 @@ def all_finite(addresses, like, items, starts, ends, finite):
 def sum_of_squares(addresses, like, items, starts, ends, sums):
     """Per work item: the sum of its elements' squares in fp64 (into ``sums``), in a fixed
     order (eight running sums, element i in sum i % 8, then paired), so that the result
-    is the same on every machine and thread count; the eight sums vectorize."""
+    is the same on every machine and thread count; the eight sums' additions overlap
+    (LLVM keeps them scalar: it may not reorder them)."""
     for w in range(items.shape[0]):
         g = pointer(addresses[items[w]], like)
         s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
         i, end = starts[w], ends[w]
         while i + 8 <= end:
-            x0, x1, x2, x3 = np.float64(load(g, i)), np.float64(load(g, i + 1)), np.float64(load(g, i + 2)), np.float64(load(g, i + 3))
-            x4, x5, x6, x7 = np.float64(load(g, i + 4)), np.float64(load(g, i + 5)), np.float64(load(g, i + 6)), np.float64(load(g, i + 7))
-            s0 += x0 * x0
-            s1 += x1 * x1
-            s2 += x2 * x2
-            s3 += x3 * x3
-            s4 += x4 * x4
-            s5 += x5 * x5
-            s6 += x6 * x6
-            s7 += x7 * x7
+            s0 += np.float64(load(g, i)) ** 2
+            s1 += np.float64(load(g, i + 1)) ** 2
+            s2 += np.float64(load(g, i + 2)) ** 2
+            s3 += np.float64(load(g, i + 3)) ** 2
+            s4 += np.float64(load(g, i + 4)) ** 2
+            s5 += np.float64(load(g, i + 5)) ** 2
+            s6 += np.float64(load(g, i + 6)) ** 2
+            s7 += np.float64(load(g, i + 7)) ** 2
             i += 8
         while i < end:
-            x = np.float64(load(g, i))
-            s0 += x * x
+            s0 += np.float64(load(g, i)) ** 2
             i += 1
         sums[w] = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 

@@ -159,7 +159,8 @@ class FusedKernel:
     ) -> list[tuple] | None:
         """The per-step checks: the plans of the group's layout for ``params`` with this
         step's addresses, or None if a layout must be made anew (``adamkit bench`` times this)."""
-        layout = layout or self._layout_of(group_key, params)
+        if layout is None:
+            layout = self._layout_of(group_key, params)
         if layout is None or not self._same_kinds(layout, params, grads):
             return None
         steps = self._plan_addresses(layout, params, grads, states)

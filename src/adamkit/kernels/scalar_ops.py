@@ -29,8 +29,8 @@ from numba.extending import intrinsic, overload
 from numba.np.numpy_support import as_dtype
 
 from adamkit.state.formats import (
-    NEAREST_NOISE, OVERFLOW_BITS, SIGNED_INF, SIGNED_MANTISSA_BITS, SIGNED_NAN, SIGNED_STEPS, UNSIGNED_INF, UNSIGNED_MANTISSA_BITS,
-    UNSIGNED_NAN, UNSIGNED_STEPS, step_regions,
+    NEAREST_NOISE, OVERFLOW_BITS, SIGNED_INF, SIGNED_MANTISSA_BITS, SIGNED_NAN, SIGNED_STEPS, UNSIGNED_INF,
+    UNSIGNED_MANTISSA_BITS, UNSIGNED_NAN, UNSIGNED_STEPS, step_regions,
 )
 
 
