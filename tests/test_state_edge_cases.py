@@ -339,3 +339,16 @@ def test_kernels_leave_torchs_thread_count_alone(variables):
     env = dict(os.environ, **variables)
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("state_dtype", ["bf16", "int8"])
+def test_state_a_rule_makes_for_a_complex_parameter_keeps_its_complex_dtype(state_dtype):
+    """Schedule-Free makes z on its first step, on the real view of a complex parameter,
+    in fp32 whatever the format: the eager kernel once cast that view to complex64 and
+    failed halfway through the step (found by the slow state-space sweep)."""
+    p = torch.nn.Parameter(torch.randn(70, 90, dtype=torch.complex64))
+    optimizer = adamkit.ScheduleFreeAdamW([p], lr=0.01, foreach=False, state_dtype=state_dtype)
+    p.grad = torch.randn_like(p)
+    optimizer.step()
+    assert optimizer.state[p]["z"].dtype is torch.complex64 and optimizer.state[p]["z"].shape == p.shape
+    assert torch.isfinite(torch.view_as_real(p)).all()

@@ -257,11 +257,12 @@ class _StateStore:
             codes, self.state[name + SCALE_SUFFIX] = quantize(value, like=local_tensor(param), key=key, slot=slot)
             self.state[name] = like_param(codes, param)
             return
+        as_complex = complex_as_real and torch.is_complex(param)  # the rule made it on the real view
         if key is not None and storage is torch.bfloat16:
             value = stochastic_bfloat16(value, key, 0, slot, like=local_tensor(param))
         elif self.formatted:
-            value = value.to(storage)
-        if complex_as_real and torch.is_complex(param):
+            value = value.to(storage.to_real() if as_complex else storage)
+        if as_complex:
             value = torch.view_as_complex(value)
         self.state[name] = like_param(value, param)
 
