@@ -18,6 +18,14 @@ fp64 in a fixed order by the fused CPU kernel's loops and the partial sums are a
 exactly (``math.fsum``): the same bits on every machine and thread count, and closer to
 the true norm than torch's fp32 sums. Other gradients (CUDA) are reduced with torch's
 multi-tensor norm on their device, without waiting for it.
+
+>>> import torch, adamkit
+>>> w = torch.nn.Parameter(torch.zeros(2))
+>>> optimizer = adamkit.SGD([w], lr=1.0, max_grad_norm=1.0)
+>>> w.grad = torch.tensor([3.0, 4.0])
+>>> optimizer.step()
+>>> optimizer.last_grad_norm, w.detach(), w.grad  # a step of norm 1; the gradient as it was
+(tensor(5.), tensor([-0.6000, -0.8000]), tensor([3., 4.]))
 """
 
 from __future__ import annotations
