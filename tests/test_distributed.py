@@ -155,10 +155,11 @@ def test_fp32_state_matches_one_process_on_the_whole_batch(ranks, engine, case):
             assert _max_difference([value], [expected]) <= FP32_STATE_TOLERANCE * scale, (index, name)
 
 
-@pytest.mark.parametrize("engine,case", _cases(["ddp", "fsdp2"], lambda name: name.startswith("clip-")))
+@pytest.mark.parametrize("engine,case", _cases(TRAINING, lambda name: name.startswith("clip-")))
 def test_clipping_takes_the_norm_of_the_whole_gradient(ranks, engine, case):
     """As in one process on the whole batch: under FSDP2 the norm of every rank's shard
-    together (a shard's own norm would clip by another coefficient on each rank)."""
+    together, under ZeRO of every rank's partition (a rank's own part would clip by
+    another coefficient on each rank); DDP's replicas need no collective for it."""
     ours, reference = ranks[0][case]["engine"], ranks[0][case]["reference"]
     assert ours["grad_norm"] > 0.01  # so the last step clipped
     assert ours["grad_norm"] == pytest.approx(reference["grad_norm"], rel=1e-6)

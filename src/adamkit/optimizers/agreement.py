@@ -74,7 +74,7 @@ def agreement_group(process_group: ProcessGroup | None) -> ProcessGroup | None:
     return group if dist.get_world_size(group) > 1 else None
 
 
-def _flags_device(group: ProcessGroup) -> torch.device:
+def flags_device(group: ProcessGroup) -> torch.device:
     """Where ``group``'s backend reduces: the CPU for gloo and MPI, else this rank's accelerator (NCCL: its GPU)."""
     backend = str(dist.get_backend(group))
     if "gloo" in backend or "mpi" in backend:
@@ -88,6 +88,6 @@ def _flags_device(group: ProcessGroup) -> torch.device:
 def on_any_rank(flags: Sequence[bool], group: ProcessGroup) -> np.ndarray:
     """Each of ``flags`` OR-ed over the ranks of ``group``: one ``all_reduce``. Every
     rank must pass as many flags, in the same order."""
-    tensor = torch.tensor(list(flags), dtype=torch.int32, device=_flags_device(group))
+    tensor = torch.tensor(list(flags), dtype=torch.int32, device=flags_device(group))
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=group)
     return tensor.cpu().numpy().astype(bool)

@@ -19,6 +19,12 @@ exactly (``math.fsum``): the same bits on every machine and thread count, and cl
 the true norm than torch's fp32 sums. Other gradients (CUDA) are reduced with torch's
 multi-tensor norm on their device, without waiting for it.
 
+Under ``ZeroRedundancyOptimizer`` each rank's optimizer holds another part of the
+parameters: ``parts_group`` finds that out (once), and the norm is then the ranks' sums
+all-reduced, one collective per step. DDP replicas hold the same parameters: their
+gradients are whole on every rank, and no collective is made. FSDP2's DTensors go
+through torch's norm, whose DTensor reduction spans the shards.
+
 >>> import torch, adamkit
 >>> w = torch.nn.Parameter(torch.zeros(2))
 >>> optimizer = adamkit.SGD([w], lr=1.0, max_grad_norm=1.0)
@@ -37,10 +43,15 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+import torch.distributed as dist
+
 from adamkit.kernels import fused_cpu
+from adamkit.optimizers.agreement import agreement_group, flags_device, is_sharded
 from adamkit.state import local_tensor
 
 if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+
     from adamkit.optimizers.base import RuleOptimizer
 
 NORM_EPS = 1e-6  # added to the norm before dividing, as torch's clip_grad_norm_ does
@@ -54,11 +65,14 @@ def clip_coefficient(optimizer: RuleOptimizer) -> Tensor | None:
     if optimizer.max_grad_norm is None:
         return None
     grads = [p.grad for p in optimizer.unfrozen_with_grad()]
-    if not grads:
+    norm_type = float(optimizer.norm_type)
+    parts = parts_group(optimizer)
+    if parts is None and not grads:
         optimizer.last_grad_norm = torch.tensor(0.0)
         return None
-    norm_type = float(optimizer.norm_type)
-    if _as_torch_computes_it(optimizer, grads, norm_type):
+    if parts is not None:  # every rank of the group takes this branch: one all-reduce
+        total = total_norm_over_parts(optimizer, grads, norm_type, parts)
+    elif _as_torch_computes_it(optimizer, grads, norm_type):
         total = torch_total_norm(grads, norm_type)
     else:
         total = fused_total_norm(grads, norm_type)
@@ -72,6 +86,60 @@ def clip_coefficient(optimizer: RuleOptimizer) -> Tensor | None:
         )
     optimizer.last_grad_norm = total.detach()
     return torch.clamp(optimizer.max_grad_norm / (total + NORM_EPS), max=1.0)
+
+
+def compile_norm(optimizer: RuleOptimizer) -> None:
+    """Compile the loop a clipping step takes its norm with, with the gradients there are
+    now (``adamkit.warmup``); no collective, nothing stored."""
+    grads = [p.grad for p in optimizer.unfrozen_with_grad()]
+    norm_type = float(optimizer.norm_type)
+    if optimizer.max_grad_norm is not None and grads and not _as_torch_computes_it(optimizer, grads, norm_type):
+        fused_total_norm(grads, norm_type)
+
+
+def parts_group(optimizer: RuleOptimizer) -> ProcessGroup | None:
+    """The group of ranks that each hold another part of the parameters
+    (``ZeroRedundancyOptimizer``'s partitions): the norm is over all their gradients
+    together. None where every rank of the agreement group holds the same parameters
+    (DDP replicas, bit for bit), where they are DTensors (their norm spans the shards
+    already), or where there is no other rank. Decided once per set of parameters, by
+    comparing each rank's count, elements and first values in one all-reduce."""
+    group = agreement_group(optimizer.process_group)
+    if group is None:
+        return None
+    params = [p for group_ in optimizer.param_groups for p in group_["params"]]
+    if any(map(is_sharded, params)):
+        return None
+    decided = optimizer.__dict__.get("_parts_decided")
+    if decided is None or decided[0] != len(params):
+        firsts = math.fsum(float(p.detach().reshape(-1)[0]) for p in params if p.numel())
+        fingerprint = [len(params), sum(p.numel() for p in params), firsts]
+        both = torch.tensor(fingerprint + [-value for value in fingerprint], dtype=torch.float64)
+        both = both.to(flags_device(group))
+        dist.all_reduce(both, op=dist.ReduceOp.MAX, group=group)
+        highest, lowest = both[:3], -both[3:]
+        decided = optimizer._parts_decided = (len(params), bool((highest != lowest).any()))
+    return group if decided[1] else None
+
+
+def total_norm_over_parts(
+    optimizer: RuleOptimizer, grads: list[Tensor], norm_type: float, group: ProcessGroup
+) -> Tensor:
+    """The norm of every rank's ``grads`` together: each rank's sum of |g|^p (largest
+    |g| for inf) in fp64, all-reduced over ``group``; in the parameters' dtype, on the
+    device of this rank's first parameter."""
+    first = next(p for group_ in optimizer.param_groups for p in group_["params"])
+    norms = [
+        torch.linalg.vector_norm(g.coalesce().values() if g.is_sparse else g, norm_type, dtype=torch.float64)
+        for g in grads
+    ]
+    partial = torch.zeros((), dtype=torch.float64)
+    if norms:
+        partial = torch.stack(norms).amax() if norm_type == math.inf else (torch.stack(norms) ** norm_type).sum()
+    reduced = partial.to(flags_device(group))
+    dist.all_reduce(reduced, op=dist.ReduceOp.MAX if norm_type == math.inf else dist.ReduceOp.SUM, group=group)
+    total = reduced if norm_type == math.inf else reduced ** (1 / norm_type)
+    return total.to(first.device, first.real.dtype if first.is_complex() else first.dtype)
 
 
 def _as_torch_computes_it(optimizer: RuleOptimizer, grads: list[Tensor], norm_type: float) -> bool:

@@ -25,7 +25,7 @@ from torch import Tensor
 from adamkit.kernels import eager_step
 from adamkit.kernels.fused import Launch
 from adamkit.optimizers.agreement import GradientChecks
-from adamkit.optimizers.clipping import clip_coefficient
+from adamkit.optimizers.clipping import compile_norm
 from adamkit.optimizers.gradient_checks import changed, grad_extremes, local_copies, warn_moved
 from adamkit.optimizers.hyperparameters import squeeze_scalar
 from adamkit.optimizers.state_creation import new_state
@@ -124,12 +124,10 @@ def warmup(optimizer: RuleOptimizer) -> None:
         for p in without:
             p.grad = torch.zeros_like(p)
         checks = GradientChecks(overflowed=False, finite=True, sharded=frozenset(), zero=[], moved_earlier=[])
-        last_grad_norm = optimizer.last_grad_norm
         with torch.no_grad():
             prepare_step(optimizer, checks).undo()
-            clip_coefficient(optimizer)  # max_grad_norm's norm, on the CPU a loop of its own
+            compile_norm(optimizer)  # max_grad_norm's norm: on the CPU a loop of its own
     finally:
-        optimizer.last_grad_norm = last_grad_norm
         for p in without:
             p.grad = None
 
