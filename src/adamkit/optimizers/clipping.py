@@ -41,9 +41,8 @@ import math
 from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
-
 import torch.distributed as dist
+from torch import Tensor
 
 from adamkit.kernels import fused_cpu
 from adamkit.optimizers.agreement import agreement_group, flags_device, is_sharded
