@@ -129,7 +129,7 @@ def total_norm_over_parts(
     device of this rank's first parameter."""
     first = next(p for group_ in optimizer.param_groups for p in group_["params"])
     norms = [
-        torch.linalg.vector_norm(g.coalesce().values() if g.is_sparse else g, norm_type, dtype=torch.float64)
+        torch.linalg.vector_norm(_stored_values(g), norm_type, dtype=torch.float64)
         for g in grads
     ]
     partial = torch.zeros((), dtype=torch.float64)
@@ -139,6 +139,11 @@ def total_norm_over_parts(
     dist.all_reduce(reduced, op=dist.ReduceOp.MAX if norm_type == math.inf else dist.ReduceOp.SUM, group=group)
     total = reduced if norm_type == math.inf else reduced ** (1 / norm_type)
     return total.to(first.device, first.real.dtype if first.is_complex() else first.dtype)
+
+
+def _stored_values(grad: Tensor) -> Tensor:
+    """A gradient's values for its norm: a sparse one's stored values, coalesced."""
+    return grad.coalesce().values() if grad.is_sparse else grad
 
 
 def _as_torch_computes_it(optimizer: RuleOptimizer, grads: list[Tensor], norm_type: float) -> bool:
@@ -156,7 +161,7 @@ def torch_total_norm(grads: list[Tensor], norm_type: float) -> Tensor:
     first_device = grads[0].device
     kinds: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
     for grad in grads:
-        kinds.setdefault((grad.device, grad.dtype), []).append(grad.coalesce().values() if grad.is_sparse else grad)
+        kinds.setdefault((grad.device, grad.dtype), []).append(_stored_values(grad))
     norms = [torch.linalg.vector_norm(g, norm_type) for kind in kinds.values() for g in kind]
     return torch.linalg.vector_norm(torch.stack([norm.to(first_device) for norm in norms]), norm_type)
 
@@ -175,7 +180,7 @@ def fused_total_norm(grads: list[Tensor], norm_type: float) -> Tensor:
     by_device: dict[torch.device, list[Tensor]] = {}
     for g in locals_:
         if id(g) not in taken:
-            by_device.setdefault(g.device, []).append(g.coalesce().values() if g.is_sparse else g)
+            by_device.setdefault(g.device, []).append(_stored_values(g))
     if not by_device:  # CPU only: a correctly rounded square root of the exact sum of the parts
         partial = fused_cpu.norm_partial(on_cpu, squares)
         return torch.tensor(math.sqrt(partial) if squares else partial, dtype=torch.float64).to(dtype)
